@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs wgpy and everything its tests need on a Debian machine, into ./.venv.
+# Run as root (apt-get). Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")"
+export DEBIAN_FRONTEND=noninteractive
+pkgs=(python3 python3-venv python3-dev gcc iproute2 wireguard-go wireguard-tools iperf3 tcpdump procps)
+missing=()
+for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+py=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$py" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[test]'
+echo "wgpy installed in $(pwd)/.venv"

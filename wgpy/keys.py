@@ -1,0 +1,71 @@
+"""WireGuard keys as ``wg`` writes them: 32 bytes, base64 in configs, hex over UAPI.
+
+Keys are plain ``bytes`` inside the protocol core. This module parses and formats them and
+never puts private material into an exception message or a ``repr``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from wgpy.errors import ConfigError
+
+KEY_SIZE = 32
+HIDDEN = "(hidden)"
+
+
+def clamp(key: bytes) -> bytes:
+    """Clamp a Curve25519 private key as ``wg genkey`` does."""
+    b = bytearray(key)
+    b[0] &= 248
+    b[31] = (b[31] & 127) | 64
+    return bytes(b)
+
+
+def generate_private_key() -> bytes:
+    return clamp(secrets.token_bytes(KEY_SIZE))
+
+
+def generate_preshared_key() -> bytes:
+    return secrets.token_bytes(KEY_SIZE)
+
+
+def public_key(private: bytes) -> bytes:
+    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
+
+
+def parse_base64_key(text: str, what: str = "key") -> bytes:
+    """Decode a base64 key; the message never echoes the value (it may be secret)."""
+    t = text.strip()
+    if len(t) != 44 or not t.endswith("="):
+        raise ConfigError(f"{what}: not a valid base64 WireGuard key (44 characters expected)")
+    try:
+        raw = base64.b64decode(t, validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"{what}: not a valid base64 WireGuard key") from None
+    if len(raw) != KEY_SIZE:
+        raise ConfigError(f"{what}: decodes to {len(raw)} bytes, 32 expected")
+    return raw
+
+
+def parse_hex_key(text: str, what: str = "key") -> bytes:
+    if len(text) != 2 * KEY_SIZE:
+        raise ConfigError(f"{what}: 64 hex digits expected")
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise ConfigError(f"{what}: not hexadecimal") from None
+
+
+def to_base64(key: bytes) -> str:
+    return base64.b64encode(key).decode("ascii")
+
+
+def short(public: bytes) -> str:
+    """``peer(AbCd…WxYz)`` as wireguard-go logs a peer."""
+    b = to_base64(public)
+    return f"peer({b[:4]}…{b[39:43]})"
