@@ -539,7 +539,8 @@ class WgInstance(_WgBase):
         """Start the process and wait for its UAPI socket (TestbedError with its output)."""
         os.makedirs(SOCKET_DIR, exist_ok=True)  # the mount point must exist
         # A file, not a pipe: a chatty implementation must never block on a full pipe.
-        self._log = tempfile.TemporaryFile()  # noqa: SIM115 -- closed by stop()
+        # Kept after stop() so output() still works; the file closes when the instance goes.
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115
         script = f'mount -t tmpfs wgpysock {SOCKET_DIR} && exec "$@"'
         self.proc = self.ns.popen(["sh", "-c", script, "sh", *self.impl, "-f", self.iface],
                                   env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
@@ -549,7 +550,7 @@ class WgInstance(_WgBase):
                  self.start_timeout)
         if not self._private_mount_ready():
             rc = proc.poll()
-            self.stop()
+            self.stop()  # before reading the output: the process may still be writing
             state = f"exited with {rc}" if rc is not None else "still running, no socket"
             raise TestbedError(
                 f"{' '.join(self.impl)} -f {self.iface} in {self.ns.name}: no UAPI socket "
@@ -564,9 +565,6 @@ class WgInstance(_WgBase):
         if self.proc is not None:
             _stop_process(self.proc, timeout)
         _unregister(self)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
 
 class KernelWg(_WgBase):
