@@ -1,0 +1,237 @@
+"""The Linux TUN device over python-pytun (protocol doc §9).
+
+pytun does the ``TUNSETIFF`` ioctl and the interface ioctls (MTU, up/down); packets move with
+plain ``os.read``/``os.write`` on the non-blocking fd, which is the fastest path from Python.
+Addresses and routes belong to :mod:`tun.netlink`.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import struct
+
+import pytun
+
+from tun.base import TunError, validate_ifname
+
+_DEV_TUN = "/dev/net/tun"
+# Without IFF_VNET_HDR the kernel never hands us more than the MTU, but the MTU can be raised
+# behind our back (wg-quick runs ``ip link set mtu``), so read with the largest IP packet size.
+_READ_SIZE = 65535
+
+# Interface ioctls (linux/sockios.h) on an AF_INET socket; ``struct ifreq`` is 40 bytes.
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_SIOCGIFMTU = 0x8921
+_SIOCSIFMTU = 0x8922
+_IFF_UP = 0x1
+_IFREQ_SHORT = struct.Struct("16sh22x")
+_IFREQ_INT = struct.Struct("16si20x")
+
+
+def _flags(*, multi_queue: bool, exclusive: bool) -> int:
+    flags = int(pytun.IFF_TUN) | int(pytun.IFF_NO_PI)
+    if multi_queue:
+        flags |= int(pytun.IFF_MULTI_QUEUE)
+    if exclusive:
+        flags |= int(pytun.IFF_TUN_EXCL)
+    return flags
+
+
+def _exists_here(name: str) -> bool:
+    """Whether a link called ``name`` exists in the calling thread's network namespace."""
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
+
+
+def _errno_of(exc: OSError) -> int | None:
+    if exc.errno is not None:
+        return exc.errno
+    if exc.args and isinstance(exc.args[0], int):
+        return exc.args[0]
+    return None
+
+
+class LinuxTun:
+    """A kernel TUN interface (``IFF_TUN | IFF_NO_PI``) with a non-blocking fd.
+
+    ``LinuxTun("wg0")`` creates ``wg0`` or attaches to an existing persistent TUN of that name;
+    with ``create_only=True`` an existing interface is an error. The interface disappears when
+    the last fd closes unless it was made persistent (``ip tuntap add``).
+
+    ``multi_queue=True`` opens the first queue of a multi-queue TUN; :meth:`open_queue` adds
+    more (one fd per worker, as boringtun).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        create_only: bool = False,
+        multi_queue: bool = False,
+        mtu: int | None = None,
+        dev_path: str = _DEV_TUN,
+    ) -> None:
+        validate_ifname(name)
+        if not os.path.exists(dev_path):
+            raise TunError(
+                f"no {dev_path}: load the tun module (modprobe tun) or give the container "
+                f"the device (--device {_DEV_TUN})"
+            )
+        if create_only and _exists_here(name):
+            # IFF_TUN_EXCL below closes the race; this gives the clear message for non-TUN links.
+            raise TunError(f"interface {name} already exists")
+        self._multi_queue = multi_queue
+        self._dev_path = dev_path
+        try:
+            self._dev = pytun.TunTapDevice(
+                name=name,
+                flags=_flags(multi_queue=multi_queue, exclusive=create_only),
+                dev=dev_path,
+            )
+        except OSError as exc:
+            raise self._translate(exc, name, create_only=create_only) from None
+        self._name: str = self._dev.name
+        self._fd: int = self._dev.fileno()
+        self._closed = False
+        # pytun's up()/mtu open a fresh socket per call in the *current* namespace, which breaks
+        # once the caller leaves the namespace the TUN was created in. A control socket made
+        # now stays bound to the TUN's namespace.
+        self._ctl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._ifname = self._name.encode()
+        os.set_blocking(self._fd, False)
+        if mtu is not None:
+            try:
+                self.set_mtu(mtu)
+            except BaseException:
+                self.close()
+                raise
+
+    @staticmethod
+    def _translate(exc: OSError, name: str, *, create_only: bool) -> TunError:
+        code = _errno_of(exc)
+        if code in (errno.EPERM, errno.EACCES):
+            return TunError(
+                f"permission denied opening TUN {name!r}: run as root or with CAP_NET_ADMIN"
+            )
+        if code == errno.EBUSY:
+            if create_only:
+                return TunError(f"interface {name} already exists")
+            return TunError(
+                f"interface {name} is in use (an open non-persistent TUN cannot be attached; "
+                "use multi_queue on both sides)"
+            )
+        if code == errno.EINVAL:
+            return TunError(f"cannot open TUN {name!r}: a non-TUN interface has that name?")
+        return TunError(f"cannot open TUN {name!r}: {exc}")
+
+    # --- TunDevice ----------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def mtu(self) -> int:
+        """The current MTU, read from the kernel (it may change under us)."""
+        self._check_open()
+        req = _IFREQ_INT.pack(self._ifname, 0)
+        return int(_IFREQ_INT.unpack(fcntl.ioctl(self._ctl, _SIOCGIFMTU, req))[1])
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def read(self) -> bytes:
+        """One IP packet; ``BlockingIOError`` when the queue is empty."""
+        return os.read(self._fd, _READ_SIZE)
+
+    def read_into(self, buf: bytearray | memoryview) -> int:
+        """Read one packet into ``buf`` (truncated if it does not fit); return its length."""
+        return os.readv(self._fd, [buf])
+
+    def write(self, packet: bytes | bytearray | memoryview) -> int:
+        """Inject one IP packet into the kernel's stack as if received on this interface."""
+        return os.write(self._fd, packet)
+
+    def close(self) -> None:
+        """Close this queue's fd; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._ctl.close()
+        self._dev.close()
+
+    # --- configuration ------------------------------------------------------------------------
+
+    def set_mtu(self, mtu: int) -> None:
+        """Set the interface MTU (``SIOCSIFMTU``)."""
+        self._check_open()
+        if not 68 <= mtu <= 65535:
+            raise TunError(f"MTU {mtu} out of range 68..65535")
+        try:
+            fcntl.ioctl(self._ctl, _SIOCSIFMTU, _IFREQ_INT.pack(self._ifname, mtu))
+        except OSError as exc:
+            raise TunError(f"cannot set MTU {mtu} on {self._name}: {exc}") from None
+
+    def up(self) -> None:
+        """Bring the link administratively up."""
+        self._set_flag(_IFF_UP, on=True)
+
+    def down(self) -> None:
+        """Bring the link administratively down."""
+        self._set_flag(_IFF_UP, on=False)
+
+    @property
+    def is_up(self) -> bool:
+        """Whether the link is administratively up."""
+        return bool(self._get_flags() & _IFF_UP)
+
+    def _get_flags(self) -> int:
+        self._check_open()
+        req = _IFREQ_SHORT.pack(self._ifname, 0)
+        try:
+            res = fcntl.ioctl(self._ctl, _SIOCGIFFLAGS, req)
+        except OSError as exc:
+            raise TunError(f"cannot read flags of {self._name}: {exc}") from None
+        return int(_IFREQ_SHORT.unpack(res)[1]) & 0xFFFF
+
+    def _set_flag(self, flag: int, *, on: bool) -> None:
+        flags = self._get_flags()
+        flags = flags | flag if on else flags & ~flag
+        # ifr_flags is a C short: wrap to signed.
+        signed = flags - 0x10000 if flags & 0x8000 else flags
+        try:
+            fcntl.ioctl(self._ctl, _SIOCSIFFLAGS, _IFREQ_SHORT.pack(self._ifname, signed))
+        except OSError as exc:
+            state = "up" if on else "down"
+            raise TunError(f"cannot bring {self._name} {state}: {exc}") from None
+
+    def open_queue(self) -> LinuxTun:
+        """Attach another queue (fd) to this multi-queue TUN."""
+        if not self._multi_queue:
+            raise TunError(f"{self._name} was not opened with multi_queue=True")
+        return LinuxTun(self._name, multi_queue=True, dev_path=self._dev_path)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TunError(f"TUN {self._name} is closed")
+
+    def __enter__(self) -> LinuxTun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"fd={self._fd}"
+        return f"LinuxTun(name={self._name!r}, {state})"
