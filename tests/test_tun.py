@@ -36,8 +36,17 @@ def _csum(data: bytes) -> int:
 
 def ipv4(src: str, dst: str, proto: int, payload: bytes, ident: int = 0x1234) -> bytes:
     hdr = struct.pack(
-        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), ident, 0x4000, 64, proto, 0,
-        socket.inet_aton(src), socket.inet_aton(dst),
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + len(payload),
+        ident,
+        0x4000,
+        64,
+        proto,
+        0,
+        socket.inet_aton(src),
+        socket.inet_aton(dst),
     )
     hdr = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]
     return hdr + payload
@@ -187,8 +196,18 @@ def test_memory_tun_close() -> None:
 
 @pytest.mark.parametrize(
     ("name", "ok"),
-    [("wg0", True), ("a" * 15, True), ("a" * 16, False), ("", False), (".", False),
-     ("..", False), ("a/b", False), ("a b", False), ("a:1", False), ("é" * 8, False)],
+    [
+        ("wg0", True),
+        ("a" * 15, True),
+        ("a" * 16, False),
+        ("", False),
+        (".", False),
+        ("..", False),
+        ("a/b", False),
+        ("a b", False),
+        ("a:1", False),
+        ("é" * 8, False),
+    ],
 )
 def test_validate_ifname(name: str, ok: bool) -> None:
     if ok:
@@ -249,9 +268,7 @@ def test_linux_tun_round_trip_in_netns(netns: str) -> None:
         tun.up()
         assert tun.is_up and netlink.link_is_up("wgt0", netns=netns)
         netlink.add_address("wgt0", "10.99.0.1/24", netns=netns)
-        assert ipaddress.ip_interface("10.99.0.1/24") in netlink.list_addresses(
-            "wgt0", netns=netns
-        )
+        assert ipaddress.ip_interface("10.99.0.1/24") in netlink.list_addresses("wgt0", netns=netns)
         assert ipaddress.ip_network("10.99.0.0/24") in netlink.list_routes("wgt0", netns=netns)
         with pytest.raises(BlockingIOError):  # non-blocking fd, nothing queued yet for v4
             while True:
@@ -301,9 +318,7 @@ def test_linux_tun_round_trip_in_netns(netns: str) -> None:
         netlink.add_route("10.98.0.0/16", dev="wgt0", netns=netns)
         assert ipaddress.ip_network("10.98.0.0/16") in netlink.list_routes("wgt0", netns=netns)
         netlink.del_route("10.98.0.0/16", dev="wgt0", netns=netns)
-        assert ipaddress.ip_network("10.98.0.0/16") not in netlink.list_routes(
-            "wgt0", netns=netns
-        )
+        assert ipaddress.ip_network("10.98.0.0/16") not in netlink.list_routes("wgt0", netns=netns)
         netlink.del_address("wgt0", "10.99.0.1/24", netns=netns)
         assert ipaddress.ip_interface("10.99.0.1/24") not in netlink.list_addresses(
             "wgt0", netns=netns
@@ -412,9 +427,21 @@ def test_linux_tun_without_cap_net_admin_is_eperm() -> None:
         "    print(e)\n"
     )
     out = subprocess.run(
-        ["setpriv", "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all", "--",
-         sys.executable, "-c", code],
-        cwd=REPO, capture_output=True, text=True, timeout=30, check=True,
+        [
+            "setpriv",
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+            "--bounding-set=-all",
+            "--",
+            sys.executable,
+            "-c",
+            code,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert "permission denied" in out.stdout

@@ -194,9 +194,7 @@ def add_address(name: str, address: IPInterface | str, *, netns: str | None = No
     with _ipr(netns) as ipr:
         idx = _index(ipr, name, netns)
         try:
-            ipr.addr(
-                "add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen
-            )
+            ipr.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
         except NetlinkError as exc:
             raise _fail(f"add address {iface} to {name}", exc) from None
 
@@ -206,9 +204,7 @@ def del_address(name: str, address: IPInterface | str, *, netns: str | None = No
     with _ipr(netns) as ipr:
         idx = _index(ipr, name, netns)
         try:
-            ipr.addr(
-                "del", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen
-            )
+            ipr.addr("del", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
         except NetlinkError as exc:
             raise _fail(f"delete address {iface} from {name}", exc) from None
 
@@ -237,7 +233,12 @@ def _as_network(dst: IPNetwork | str) -> IPNetwork:
 
 
 def _route(
-    cmd: str, dst: IPNetwork | str, *, dev: str, table: int | None, metric: int | None,
+    cmd: str,
+    dst: IPNetwork | str,
+    *,
+    dev: str,
+    table: int | None,
+    metric: int | None,
     netns: str | None,
 ) -> None:
     net = _as_network(dst)
@@ -260,7 +261,11 @@ def _route(
 
 
 def add_route(
-    dst: IPNetwork | str, *, dev: str, table: int | None = None, metric: int | None = None,
+    dst: IPNetwork | str,
+    *,
+    dev: str,
+    table: int | None = None,
+    metric: int | None = None,
     netns: str | None = None,
 ) -> None:
     """Route ``dst`` out of ``dev`` (``ip route add DST dev DEV [table T] [metric M]``)."""
@@ -268,7 +273,11 @@ def add_route(
 
 
 def del_route(
-    dst: IPNetwork | str, *, dev: str, table: int | None = None, metric: int | None = None,
+    dst: IPNetwork | str,
+    *,
+    dev: str,
+    table: int | None = None,
+    metric: int | None = None,
     netns: str | None = None,
 ) -> None:
     _route("del", dst, dev=dev, table=table, metric=metric, netns=netns)
