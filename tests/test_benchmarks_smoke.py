@@ -1,0 +1,128 @@
+"""The benchmark harness: pure parsers/statistics, and a quick run against wireguard-go."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import report
+from benchmarks.run import parse_impl, plan_cases
+from benchmarks.workloads import WorkloadError, parse_iperf, parse_ping, parse_rate, percentile
+from wgpy import testbed as tb
+
+REPO = Path(__file__).resolve().parent.parent
+TOOLS = ("ip", "nsenter", "setpriv", "wg", "ping", "iperf3", "ss", "wireguard-go")
+
+
+def test_percentile_and_rate() -> None:
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile(list(map(float, range(101))), 99) == 99.0
+    with pytest.raises(ValueError):
+        percentile([], 50)
+    assert parse_rate("100M") == 100e6 and parse_rate("1.5G") == 1.5e9
+    assert parse_rate("2000") == 2000.0
+
+
+def test_parse_ping_reads_each_reply() -> None:
+    out = ("PING 10.99.0.2 (10.99.0.2) 56(84) bytes of data.\n"
+           "64 bytes from 10.99.0.2: icmp_seq=1 ttl=64 time=0.318 ms\n"
+           "64 bytes from 10.99.0.2: icmp_seq=2 ttl=64 time=1.5 ms\n\n"
+           "rtt min/avg/max/mdev = 0.318/0.909/1.500/0.591 ms\n")
+    assert parse_ping(out) == [0.318, 1.5]
+
+
+def test_parse_iperf_receiver_side_and_errors() -> None:
+    doc = {"end": {"sum_sent": {"bits_per_second": 9e8, "bytes": 10},
+                   "sum_received": {"bits_per_second": 4.5e8, "bytes": 5_000_000,
+                                    "lost_percent": 0.7}}}
+    tcp = parse_iperf(json.dumps(doc), udp=False)
+    assert (tcp.mbps, tcp.bytes, tcp.lost_pct) == (450.0, 5_000_000, None)
+    assert parse_iperf(json.dumps(doc), udp=True).lost_pct == 0.7
+    with pytest.raises(WorkloadError, match="unable to connect"):
+        parse_iperf(json.dumps({"error": "unable to connect to server"}), udp=False)
+    with pytest.raises(WorkloadError):
+        parse_iperf("iperf3: error", udp=False)
+
+
+def test_summary_and_same_run_ratios() -> None:
+    s = report.summarize([10.0, None, 14.0, 12.0])
+    assert s is not None
+    assert (s["median"], s["min"], s["max"], s["n"]) == (12.0, 10.0, 14.0, 3)
+    assert s["spread_pct"] == pytest.approx(100 * 2 / 12)
+    assert report.summarize([None]) is None
+    # Ratios pair run i with run i: 2/1, 6/2, 4/4 -> median 2.0 (not 12/4 = 3 of medians).
+    assert report.run_ratio([2.0, 6.0, 4.0], [1.0, 2.0, 4.0]) == 2.0
+    assert report.run_ratio([2.0, None], [None, 1.0]) is None
+
+
+def test_results_markdown_and_skips() -> None:
+    runs = {"wireguard-go": {"tcp1_fwd_mbps": [100.0, 200.0], "ping_p50_ms": [0.3, 0.5]},
+            "wgpy": {"tcp1_fwd_mbps": [50.0, 50.0], "ping_p50_ms": [0.6, 1.0]}}
+    cases: dict[str, dict[str, Any]] = {
+        "wireguard-go": {"status": "ok"}, "wgpy": {"status": "ok", "errors": ["x"]},
+        "kernel": {"status": "skipped", "reason": "no kernel module"}}
+    res = report.build_results(runs, {"date": "d", "runs": 2}, cases, {"handshakes": "later"})
+    wgpy = res["cases"]["wgpy"]["metrics"]
+    assert wgpy["tcp1_fwd_mbps"]["ratio_vs_wireguard_go"] == pytest.approx(0.375)
+    assert "ratio_vs_wireguard_go" not in res["cases"]["wireguard-go"]["metrics"]["ping_p50_ms"]
+    md = report.markdown(res)
+    rows = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    assert rows[0] == "| metric | wireguard-go | wgpy |"
+    assert rows[1].startswith("| ping_p50_ms |")  # latency first, then throughput
+    assert "| tcp1_fwd_mbps | 150 (±33%) | 50.0 (±0%) ×0.38 |" in rows
+    assert "- kernel: skipped: no kernel module" in md
+    assert "- wgpy: error: x" in md and "- handshakes: later" in md
+
+
+def test_cli_parsing_and_case_plan() -> None:
+    assert parse_impl("wgpy=python3 -m wgpy.userspace") == (
+        "wgpy", ["python3", "-m", "wgpy.userspace"])
+    for bad in ("wgpy", "=x", "a/b=x", "wgpy="):
+        with pytest.raises(Exception, match="NAME=ARGV"):
+            parse_impl(bad)
+    names = [c.name for c in plan_cases([("wgpy", ["wgpy-userspace"])])]
+    assert names == ["veth", "wireguard-go", "kernel", "wgpy", "wgpy->wireguard-go",
+                     "wireguard-go->wgpy"]
+
+
+@pytest.mark.interop
+@pytest.mark.skipif(os.geteuid() != 0 or any(shutil.which(t) is None for t in TOOLS),
+                    reason=f"needs root and {', '.join(TOOLS)}")
+def test_quick_benchmark_wireguard_go(tmp_path: Path) -> None:
+    before = set(tb.list_netns())
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--only", "wireguard-go,kernel",
+         "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120,
+        check=False)
+    assert res.returncode == 0, res.stderr
+    written = [Path(p) for p in res.stdout.split()]
+    assert written and all(p.exists() and p.parent == tmp_path for p in written)
+    (js,) = [p for p in written if p.suffix == ".json"]
+    doc = json.loads(js.read_text())
+    go = doc["cases"]["wireguard-go"]
+    assert go["status"] == "ok" and go["errors"] == []
+    m = go["metrics"]
+    for k in ("tcp1_fwd_mbps", "tcp1_rev_mbps", "tcp4_fwd_mbps", "tcp4_rev_mbps",
+              "udp100M_fwd_mbps", "udp100M_rev_mbps"):
+        assert m[k]["median"] > 0, k
+    assert m["udp100M_fwd_mbps"]["median"] < 150  # a fixed rate, not a flood
+    assert 0 < m["ping_p50_ms"]["median"] <= m["ping_p99_ms"]["median"] < 1000
+    assert m["tcp1_fwd_cpu_s_per_gb"]["median"] > 0
+    assert m["rss_load_a_kib"]["median"] >= m["rss_idle_a_kib"]["median"] > 1000
+    assert doc["meta"]["wireguard_go"].startswith("wireguard-go")
+    kernel = doc["cases"]["kernel"]
+    assert kernel["status"] in ("ok", "skipped")
+    if kernel["status"] == "skipped":
+        assert kernel["reason"] == "no kernel module"
+    assert "| tcp1_fwd_mbps |" in js.with_suffix(".md").read_text()
+    assert "[ 1/" in res.stderr or "[  1/" in res.stderr  # progress went to stderr
+    leftover = {n for n in set(tb.list_netns()) - before if n.startswith("wgpybench-")}
+    assert not leftover  # the harness removed its namespaces
