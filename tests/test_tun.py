@@ -74,7 +74,8 @@ def _readable(fd: int, timeout: float = 0.0) -> bool:
 def test_memory_tun_satisfies_protocol() -> None:
     t = MemoryTun("m0", mtu=1280)
     try:
-        assert isinstance(t, TunDevice)
+        dev: TunDevice = t
+        assert isinstance(dev, TunDevice)
         assert t.name == "m0"
         assert t.mtu == 1280
     finally:
@@ -257,7 +258,8 @@ def test_linux_tun_round_trip_in_netns(netns: str) -> None:
         tun = LinuxTun("wgt0", mtu=1400)
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        assert isinstance(tun, TunDevice)
+        dev: TunDevice = tun  # statically a TunDevice too (mypy checks this line)
+        assert isinstance(dev, TunDevice)
         assert tun.name == "wgt0"
         assert netlink.link_exists("wgt0", netns=netns)
         assert not netlink.link_exists("wgt0")  # not in the host namespace
