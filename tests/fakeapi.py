@@ -17,7 +17,7 @@ Two ways to run it::
     srv.stop()
 
 Test hooks (thread-safe in thread mode): ``seed``, ``delete``, ``get``, ``compact``,
-``drop_watches``, ``inject``, ``enable_rbac``, ``requests``.
+``drop_watches``, ``inject``, ``enable_rbac``, ``requests``, ``responses``.
 """
 
 from __future__ import annotations
@@ -264,6 +264,7 @@ class FakeApiServer:
         self.bookmark_interval = bookmark_interval
         self.version_minor = version_minor
         self.requests: list[RequestRecord] = []
+        self.responses: list[tuple[str, str, int]] = []   # (method, path, status)
         self.rv = 1
         self.compacted_rv = 0
         self._objs: dict[tuple[str, str, str], Obj] = {}
@@ -465,6 +466,11 @@ class FakeApiServer:
     async def _handle(self, req: web.Request) -> web.StreamResponse:
         path = "/" + req.match_info["tail"].strip("/")
         self.requests.append(RequestRecord(req.method, path, dict(req.query)))
+        resp = await self._handle_inner(req, path)
+        self.responses.append((req.method, path, resp.status))
+        return resp
+
+    async def _handle_inner(self, req: web.Request, path: str) -> web.StreamResponse:
         try:
             for inj in list(self._injections):
                 if (inj.method in ("*", req.method) and inj.path_re.search(path)

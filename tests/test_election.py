@@ -1,0 +1,287 @@
+"""LeaderElector against the strict fake API server (same loop, kubernetes.aio clients).
+
+Timings are short (lease 2 s, renew deadline 1 s, retry 0.3 s). A shared monitor fails the
+test if two nodes ever lead at once (checked at every start callback and by a sampler).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from kubernetes.aio import client as _aclient
+
+from tests.fakeapi import FakeApiServer
+from wgpy.supervisor.election import LeaderElector
+from wgpy.supervisor.lease import ElectionConfig, LeaseRecord, format_microtime
+
+aclient: Any = _aclient
+NS, NAME = "kube-system", "plndr-cp-lock"
+LEASE_PATH = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
+DURATION, RENEW, RETRY = 2.0, 1.0, 0.3
+
+
+class Monitor:
+    """Who leads, when; records any moment with two leaders."""
+
+    def __init__(self) -> None:
+        self.leading: set[str] = set()
+        self.violations: list[str] = []
+        self.log: list[tuple[float, str, str]] = []
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def started(self, who: str) -> None:
+        if self.leading:
+            self.violations.append(f"{who} started while {self.leading} lead")
+        self.leading.add(who)
+        self.log.append((self.now(), "started", who))
+
+    def stopped(self, who: str) -> None:
+        self.leading.discard(who)
+        self.log.append((self.now(), "stopped", who))
+
+    def times(self, event: str, who: str) -> list[float]:
+        return [t for t, e, w in self.log if e == event and w == who]
+
+
+class Node:
+    def __init__(self, url: str, identity: str, mon: Monitor, **kw: Any) -> None:
+        self.identity = identity
+        self.api = aclient.ApiClient(aclient.Configuration(host=url))
+        self.new_leaders: list[str] = []
+        self.elector = LeaderElector(
+            ElectionConfig(NAME, NS, identity, DURATION, RENEW, RETRY), self.api,
+            on_started_leading=lambda: mon.started(identity),
+            on_stopped_leading=lambda: mon.stopped(identity),
+            on_new_leader=self.new_leaders.append, **kw)
+        self.task = asyncio.ensure_future(self.elector.run())
+
+    async def close(self, *, release: bool = True) -> None:
+        self.elector.stop(release=release)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.task, 5)
+        await self.api.close()
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float, step: float = 0.02) -> float:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not cond():
+        if loop.time() - start > timeout:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(step)
+    return loop.time()
+
+
+@contextlib.asynccontextmanager
+async def cluster() -> AsyncIterator[tuple[FakeApiServer, Monitor, list[Node]]]:
+    srv = FakeApiServer()
+    await srv.start()
+    mon = Monitor()
+    nodes: list[Node] = []
+
+    async def sample() -> None:
+        while True:
+            n = sum(1 for x in nodes if x.elector.is_leader)
+            if n > 1:
+                mon.violations.append(f"sampler saw {n} leaders")
+            await asyncio.sleep(0.01)
+
+    sampler = asyncio.ensure_future(sample())
+    try:
+        yield srv, mon, nodes
+    finally:
+        sampler.cancel()
+        for n in nodes:
+            await n.close()
+        await srv.aclose()
+    assert mon.violations == []
+    bad = [r for r in srv.responses if "/leases" in r[1] and r[2] == 400]
+    assert bad == []          # never a MicroTime the server refuses
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(test(), 30))
+
+
+def stored(srv: FakeApiServer) -> LeaseRecord:
+    obj = srv.get("leases", NS, NAME)
+    assert obj is not None
+    return LeaseRecord.from_lease(obj)
+
+
+def test_one_leader_of_two_loser_gets_409_and_follows() -> None:
+    async def main() -> None:
+        async with cluster() as (srv, mon, nodes):
+            # both reads answer late and together, so both candidates decide on the same
+            # (missing) Lease: exactly one POST wins, the other gets 409 and stays follower
+            srv.inject("GET", r"/leases/", None, times=2, delay=0.2)
+            nodes += [Node(srv.url, "a", mon), Node(srv.url, "b", mon)]
+            await wait_for(lambda: bool(mon.leading), 3)
+            leader = next(iter(mon.leading))
+            follower = "b" if leader == "a" else "a"
+            assert ("POST", LEASE_PATH, 409) in srv.responses
+            await asyncio.sleep(2 * DURATION)      # several renewals, no change of power
+            assert mon.leading == {leader} and mon.times("started", follower) == []
+            rec = stored(srv)
+            assert (rec.holder, rec.transitions, rec.duration_s) == (leader, 0, 2)
+            follower_node = next(n for n in nodes if n.identity == follower)
+            assert follower_node.new_leaders == [leader]
+            assert follower_node.elector.leader == leader
+    run(main)
+
+
+def test_crash_takeover_no_earlier_than_duration_after_last_change() -> None:
+    async def main() -> None:
+        async with cluster() as (srv, mon, nodes):
+            a = Node(srv.url, "a", mon)
+            nodes.append(a)
+            await wait_for(lambda: mon.leading == {"a"}, 3)
+            b = Node(srv.url, "b", mon)
+            nodes.append(b)
+            await asyncio.sleep(1.0)
+            await a.close(release=False)               # crash: no release
+            last = a.elector.last_renew
+            assert last is not None
+            taken = await wait_for(lambda: mon.leading == {"b"}, DURATION + 3)
+            assert taken >= last + DURATION
+            assert taken <= last + DURATION + 2.2 * RETRY + 0.5
+            rec = stored(srv)
+            assert (rec.holder, rec.transitions) == ("b", 1)
+    run(main)
+
+
+def test_graceful_release_immediate_takeover_transitions_0_to_1() -> None:
+    async def main() -> None:
+        async with cluster() as (srv, mon, nodes):
+            a = Node(srv.url, "a", mon)
+            nodes.append(a)
+            await wait_for(lambda: mon.leading == {"a"}, 3)
+            assert stored(srv).transitions == 0
+            b = Node(srv.url, "b", mon)
+            nodes.append(b)
+            await asyncio.sleep(0.5)
+            t0 = mon.now()
+            await a.close()
+            released = stored(srv)
+            assert (released.holder, released.duration_s, released.transitions) == ("", 1, 0)
+            taken = await wait_for(lambda: mon.leading == {"b"}, 3)
+            assert taken - t0 < 2.2 * RETRY + 0.5 < DURATION   # no waiting for expiry
+            assert mon.times("stopped", "a")[0] <= mon.times("started", "b")[0]
+            rec = stored(srv)
+            assert (rec.holder, rec.transitions) == ("b", 1)
+            assert b.new_leaders == ["a", "b"]   # the free moment is taken in the same attempt
+    run(main)
+
+
+@pytest.mark.parametrize("fault", ["503", "hang"])
+def test_api_outage_leader_steps_down_at_renew_deadline(fault: str) -> None:
+    async def main() -> None:
+        async with cluster() as (srv, mon, nodes):
+            a = Node(srv.url, "a", mon)
+            nodes.append(a)
+            await wait_for(lambda: mon.leading == {"a"}, 3)
+            await asyncio.sleep(0.5)
+            if fault == "503":
+                srv.inject("*", r"/leases", 503, times=None)
+            else:
+                srv.inject("*", r"/leases", None, times=None, delay=10)
+            await wait_for(lambda: not mon.leading, 3)
+            last = a.elector.last_renew
+            assert last is not None
+            stopped = mon.times("stopped", "a")[0]
+            # at the deadline: before anyone else could acquire (last + DURATION)
+            assert last + RENEW - 0.05 <= stopped <= last + RENEW + 0.5 < last + DURATION
+            assert a.elector.lost_leadership
+            await asyncio.wait_for(a.task, 2 * RETRY + 1)       # run() returned
+            srv.clear_injections()
+    run(main)
+
+
+def test_skewed_client_go_holder_is_respected() -> None:
+    """A Go holder renewing every 0.3 s with its clock 3 h behind and a 2 s record."""
+    async def main() -> None:
+        async with cluster() as (srv, mon, nodes):
+            skew = timedelta(hours=-3)
+            acquired = datetime.now(UTC) + skew
+            renewing = True
+            last_go_write = 0.0
+
+            async def go_holder() -> None:
+                nonlocal last_go_write
+                while renewing:
+                    srv.seed({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                              "metadata": {"name": NAME, "namespace": NS},
+                              "spec": {"holderIdentity": "go-node", "leaseDurationSeconds": 2,
+                                       "acquireTime": format_microtime(acquired),
+                                       "renewTime": format_microtime(
+                                           datetime.now(UTC) + skew),
+                                       "leaseTransitions": 4}})
+                    last_go_write = mon.now()
+                    await asyncio.sleep(0.3)
+
+            go = asyncio.ensure_future(go_holder())
+            await asyncio.sleep(0.1)
+            nodes.append(Node(srv.url, "py", mon))
+            await asyncio.sleep(2.5)
+            assert mon.times("started", "py") == []          # never stole it
+            renewing = False
+            await go
+            taken = await wait_for(lambda: mon.leading == {"py"}, 4)
+            assert taken >= last_go_write + 2.0
+            rec = stored(srv)
+            assert (rec.holder, rec.transitions) == ("py", 5)
+            assert rec.renew_time is not None
+            assert abs(rec.renew_time - datetime.now(UTC)) < timedelta(seconds=5)  # true UTC
+    run(main)
+
+
+def test_annotations_survive_and_are_shared() -> None:
+    async def main() -> None:
+        async with cluster() as (srv, mon, nodes):
+            srv.seed({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                      "metadata": {"name": NAME, "namespace": NS, "labels": {"team": "net"},
+                                   "annotations": {"other": "x"}},
+                      "spec": {"holderIdentity": ""}})
+            a = Node(srv.url, "a", mon)
+            b = Node(srv.url, "b", mon)
+            nodes += [a, b]
+            await wait_for(lambda: len(mon.leading) == 1, 3)
+            leader, follower = (a, b) if mon.leading == {"a"} else (b, a)
+            leader.elector.set_annotation("wgpy.io/tai64n-floor", "400000006a000000")
+
+            def written() -> bool:
+                obj = srv.get("leases", NS, NAME) or {}
+                ann = obj.get("metadata", {}).get("annotations", {})
+                return bool(ann.get("wgpy.io/tai64n-floor") == "400000006a000000")
+
+            await wait_for(written, 2)
+            obj = srv.get("leases", NS, NAME)
+            assert obj is not None
+            assert obj["metadata"]["labels"] == {"team": "net"}
+            assert obj["metadata"]["annotations"]["other"] == "x"
+            await wait_for(lambda: follower.elector.annotation("wgpy.io/tai64n-floor")
+                           == "400000006a000000", 3)
+    run(main)
+
+
+def test_zero_microsecond_wall_clock_never_reaches_the_server() -> None:
+    async def main() -> None:
+        async with cluster() as (srv, mon, nodes):
+            def wall() -> datetime:
+                return datetime.now(UTC).replace(microsecond=0)
+            nodes.append(Node(srv.url, "a", mon, wall_clock=wall))
+            await wait_for(lambda: mon.leading == {"a"}, 3)
+            await asyncio.sleep(3 * RETRY)
+            obj = srv.get("leases", NS, NAME)
+            assert obj is not None
+            assert obj["spec"]["renewTime"].endswith(".000001Z")
+            puts = [r for r in srv.responses if r[0] == "PUT"]
+            assert puts and all(r[2] == 200 for r in puts)
+    run(main)
