@@ -98,8 +98,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [f"# wgpy benchmarks — {meta.get('date', '')}", ""]
     lines.append(f"Runs per case: {meta.get('runs')}, {meta.get('seconds')} s per "
                  f"throughput test{' (quick mode)' if meta.get('quick') else ''}. "
-                 "Cells: median (±half range % of the median) [×ratio to wireguard-go, "
-                 "median of same-run ratios].")
+                 "Cells: median (min–max over runs) ×ratio to wireguard-go "
+                 "(median of same-run ratios).")
     for key in ("linux", "cpus", "loadavg", "wireguard_go", "iperf3", "python"):
         if key in meta:
             lines.append(f"- {key}: {meta[key]}")
@@ -118,7 +118,9 @@ def markdown(results: dict[str, Any]) -> str:
                 if s is None:
                     cells.append("—")
                     continue
-                cell = f"{fmt(s['median'])} (±{s['spread_pct']:.0f}%)"
+                cell = fmt(s["median"])
+                if fmt(s["min"]) != fmt(s["max"]):
+                    cell += f" ({fmt(s['min'])}–{fmt(s['max'])})"
                 ratio = s.get("ratio_vs_wireguard_go")
                 if ratio is not None:
                     cell += f" ×{ratio:.2f}"

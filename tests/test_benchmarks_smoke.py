@@ -32,17 +32,22 @@ def test_percentile_and_rate() -> None:
 
 
 def test_parse_ping_reads_each_reply() -> None:
-    out = ("PING 10.99.0.2 (10.99.0.2) 56(84) bytes of data.\n"
-           "64 bytes from 10.99.0.2: icmp_seq=1 ttl=64 time=0.318 ms\n"
-           "64 bytes from 10.99.0.2: icmp_seq=2 ttl=64 time=1.5 ms\n\n"
-           "rtt min/avg/max/mdev = 0.318/0.909/1.500/0.591 ms\n")
+    out = (
+        "PING 10.99.0.2 (10.99.0.2) 56(84) bytes of data.\n"
+        "64 bytes from 10.99.0.2: icmp_seq=1 ttl=64 time=0.318 ms\n"
+        "64 bytes from 10.99.0.2: icmp_seq=2 ttl=64 time=1.5 ms\n\n"
+        "rtt min/avg/max/mdev = 0.318/0.909/1.500/0.591 ms\n"
+    )
     assert parse_ping(out) == [0.318, 1.5]
 
 
 def test_parse_iperf_receiver_side_and_errors() -> None:
-    doc = {"end": {"sum_sent": {"bits_per_second": 9e8, "bytes": 10},
-                   "sum_received": {"bits_per_second": 4.5e8, "bytes": 5_000_000,
-                                    "lost_percent": 0.7}}}
+    doc = {
+        "end": {
+            "sum_sent": {"bits_per_second": 9e8, "bytes": 10},
+            "sum_received": {"bits_per_second": 4.5e8, "bytes": 5_000_000, "lost_percent": 0.7},
+        }
+    }
     tcp = parse_iperf(json.dumps(doc), udp=False)
     assert (tcp.mbps, tcp.bytes, tcp.lost_pct) == (450.0, 5_000_000, None)
     assert parse_iperf(json.dumps(doc), udp=True).lost_pct == 0.7
@@ -64,11 +69,15 @@ def test_summary_and_same_run_ratios() -> None:
 
 
 def test_results_markdown_and_skips() -> None:
-    runs = {"wireguard-go": {"tcp1_fwd_mbps": [100.0, 200.0], "ping_p50_ms": [0.3, 0.5]},
-            "wgpy": {"tcp1_fwd_mbps": [50.0, 50.0], "ping_p50_ms": [0.6, 1.0]}}
+    runs = {
+        "wireguard-go": {"tcp1_fwd_mbps": [100.0, 200.0], "ping_p50_ms": [0.3, 0.5]},
+        "wgpy": {"tcp1_fwd_mbps": [50.0, 50.0], "ping_p50_ms": [0.6, 1.0]},
+    }
     cases: dict[str, dict[str, Any]] = {
-        "wireguard-go": {"status": "ok"}, "wgpy": {"status": "ok", "errors": ["x"]},
-        "kernel": {"status": "skipped", "reason": "no kernel module"}}
+        "wireguard-go": {"status": "ok"},
+        "wgpy": {"status": "ok", "errors": ["x"]},
+        "kernel": {"status": "skipped", "reason": "no kernel module"},
+    }
     res = report.build_results(runs, {"date": "d", "runs": 2}, cases, {"handshakes": "later"})
     wgpy = res["cases"]["wgpy"]["metrics"]
     assert wgpy["tcp1_fwd_mbps"]["ratio_vs_wireguard_go"] == pytest.approx(0.375)
@@ -77,31 +86,54 @@ def test_results_markdown_and_skips() -> None:
     rows = [ln for ln in md.splitlines() if ln.startswith("| ")]
     assert rows[0] == "| metric | wireguard-go | wgpy |"
     assert rows[1].startswith("| ping_p50_ms |")  # latency first, then throughput
-    assert "| tcp1_fwd_mbps | 150 (±33%) | 50.0 (±0%) ×0.38 |" in rows
+    assert "| tcp1_fwd_mbps | 150 (100–200) | 50.0 ×0.38 |" in rows
     assert "- kernel: skipped: no kernel module" in md
     assert "- wgpy: error: x" in md and "- handshakes: later" in md
 
 
 def test_cli_parsing_and_case_plan() -> None:
     assert parse_impl("wgpy=python3 -m wgpy.userspace") == (
-        "wgpy", ["python3", "-m", "wgpy.userspace"])
+        "wgpy",
+        ["python3", "-m", "wgpy.userspace"],
+    )
     for bad in ("wgpy", "=x", "a/b=x", "wgpy="):
         with pytest.raises(Exception, match="NAME=ARGV"):
             parse_impl(bad)
     names = [c.name for c in plan_cases([("wgpy", ["wgpy-userspace"])])]
-    assert names == ["veth", "wireguard-go", "kernel", "wgpy", "wgpy->wireguard-go",
-                     "wireguard-go->wgpy"]
+    assert names == [
+        "veth",
+        "wireguard-go",
+        "kernel",
+        "wgpy",
+        "wgpy->wireguard-go",
+        "wireguard-go->wgpy",
+    ]
 
 
 @pytest.mark.interop
-@pytest.mark.skipif(os.geteuid() != 0 or any(shutil.which(t) is None for t in TOOLS),
-                    reason=f"needs root and {', '.join(TOOLS)}")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or any(shutil.which(t) is None for t in TOOLS),
+    reason=f"needs root and {', '.join(TOOLS)}",
+)
 def test_quick_benchmark_wireguard_go(tmp_path: Path) -> None:
     before = set(tb.list_netns())
     res = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--only", "wireguard-go,kernel",
-         "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120,
-        check=False)
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--quick",
+            "--only",
+            "wireguard-go,kernel",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert res.returncode == 0, res.stderr
     written = [Path(p) for p in res.stdout.split()]
     assert written and all(p.exists() and p.parent == tmp_path for p in written)
@@ -110,8 +142,14 @@ def test_quick_benchmark_wireguard_go(tmp_path: Path) -> None:
     go = doc["cases"]["wireguard-go"]
     assert go["status"] == "ok" and go["errors"] == []
     m = go["metrics"]
-    for k in ("tcp1_fwd_mbps", "tcp1_rev_mbps", "tcp4_fwd_mbps", "tcp4_rev_mbps",
-              "udp100M_fwd_mbps", "udp100M_rev_mbps"):
+    for k in (
+        "tcp1_fwd_mbps",
+        "tcp1_rev_mbps",
+        "tcp4_fwd_mbps",
+        "tcp4_rev_mbps",
+        "udp100M_fwd_mbps",
+        "udp100M_rev_mbps",
+    ):
         assert m[k]["median"] > 0, k
     assert m["udp100M_fwd_mbps"]["median"] < 150  # a fixed rate, not a flood
     assert 0 < m["ping_p50_ms"]["median"] <= m["ping_p99_ms"]["median"] < 1000

@@ -19,7 +19,8 @@ TOOLS = ("ip", "nsenter", "setpriv", "wg", "ping", "wireguard-go")
 _missing = [t for t in TOOLS if shutil.which(t) is None]
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0 or bool(_missing),
-    reason=f"needs root and {', '.join(TOOLS)} (missing: {', '.join(_missing) or 'none'})")
+    reason=f"needs root and {', '.join(TOOLS)} (missing: {', '.join(_missing) or 'none'})",
+)
 interop = [pytest.mark.interop, needs_root]
 
 KEY = "YIpz9s6Ia9LLIE/M8lS+9Q+L6RQQ464QEECVqa3zPyc="
@@ -28,18 +29,25 @@ KEY2 = "/bq09LxlM3KEZAk9k0S3wvpPAMKKPmNX+MB7+jkyCSw="
 
 # --- pure helpers (no root needed) ----------------------------------------------------------
 
+
 def test_parse_dump_interface_and_peers() -> None:
-    text = (f"{KEY}\t{KEY2}\t51820\toff\n"
-            f"{KEY2}\t{KEY}\t192.168.241.2:51820\t10.99.0.2/32,10.98.0.0/16\t1795697046"
-            "\t2056\t2112\t25\n"
-            f"{KEY}\t(none)\t(none)\t(none)\t0\t0\t0\toff\n")
+    text = (
+        f"{KEY}\t{KEY2}\t51820\toff\n"
+        f"{KEY2}\t{KEY}\t192.168.241.2:51820\t10.99.0.2/32,10.98.0.0/16\t1795697046"
+        "\t2056\t2112\t25\n"
+        f"{KEY}\t(none)\t(none)\t(none)\t0\t0\t0\toff\n"
+    )
     d = tb.parse_dump(text)
     assert (d.public_key, d.listen_port, d.fwmark) == (KEY2, 51820, None)
     p1, p2 = d.peers
     assert p1.has_preshared_key and p1.endpoint == "192.168.241.2:51820"
     assert p1.allowed_ips == ("10.99.0.2/32", "10.98.0.0/16")
     assert (p1.latest_handshake, p1.rx_bytes, p1.tx_bytes, p1.persistent_keepalive) == (
-        1795697046, 2056, 2112, 25)
+        1795697046,
+        2056,
+        2112,
+        25,
+    )
     assert not p2.has_preshared_key and p2.endpoint is None and p2.allowed_ips == ()
     assert p2.persistent_keepalive is None and p2.latest_handshake == 0
     # The private key (first field) is not kept anywhere in the parsed result.
@@ -54,12 +62,23 @@ def test_parse_dump_rejects_garbage() -> None:
 
 
 def test_build_conf_and_redaction() -> None:
-    conf = tb.build_conf(KEY, listen_port=51820, peers=[
-        tb.PeerConf(KEY2, "192.168.241.2:51820", ["10.99.0.2/32", "10.98.0.0/16"], KEY, 25)])
+    conf = tb.build_conf(
+        KEY,
+        listen_port=51820,
+        peers=[tb.PeerConf(KEY2, "192.168.241.2:51820", ["10.99.0.2/32", "10.98.0.0/16"], KEY, 25)],
+    )
     assert conf.splitlines() == [
-        "[Interface]", f"PrivateKey = {KEY}", "ListenPort = 51820", "", "[Peer]",
-        f"PublicKey = {KEY2}", f"PresharedKey = {KEY}", "Endpoint = 192.168.241.2:51820",
-        "AllowedIPs = 10.99.0.2/32, 10.98.0.0/16", "PersistentKeepalive = 25"]
+        "[Interface]",
+        f"PrivateKey = {KEY}",
+        "ListenPort = 51820",
+        "",
+        "[Peer]",
+        f"PublicKey = {KEY2}",
+        f"PresharedKey = {KEY}",
+        "Endpoint = 192.168.241.2:51820",
+        "AllowedIPs = 10.99.0.2/32, 10.98.0.0/16",
+        "PersistentKeepalive = 25",
+    ]
     assert KEY not in repr(tb.PeerConf(KEY2, preshared_key=KEY))
     assert tb.redact(f"bad line: PrivateKey = {KEY}") == "bad line: PrivateKey = (key)"
 
@@ -70,6 +89,7 @@ def test_wg_instance_rejects_string_impl() -> None:
 
 
 # --- namespaces and veth --------------------------------------------------------------------
+
 
 @pytest.mark.interop
 @needs_root
@@ -124,12 +144,14 @@ def test_sweep_stale_removes_only_dead_creators() -> None:
 
 # --- WireGuard instances --------------------------------------------------------------------
 
+
 @pytest.mark.interop
 @needs_root
 def test_start_failure_reports_output_and_cleans_up() -> None:
     with tb.Namespace() as ns:
-        inst = tb.WgInstance(ns, ["sh", "-c", "echo impl-said-no >&2; exit 3", "x"],
-                             start_timeout=5)
+        inst = tb.WgInstance(
+            ns, ["sh", "-c", "echo impl-said-no >&2; exit 3", "x"], start_timeout=5
+        )
         with pytest.raises(tb.TestbedError, match=r"(?s)exited with 3.*impl-said-no"):
             inst.start()
         assert inst.proc is not None and not tb.pid_alive(inst.proc.pid)
@@ -147,6 +169,8 @@ def test_wireguard_go_pair_ping_handshake_and_cleanup() -> None:
         assert isinstance(pair.wg_a, tb.WgInstance) and isinstance(pair.wg_b, tb.WgInstance)
         st_a, st_b = os.stat(pair.wg_a.socket_path), os.stat(pair.wg_b.socket_path)
         assert (st_a.st_dev, st_a.st_ino) != (st_b.st_dev, st_b.st_ino)
+        # ... and those tmpfs mounts never show up in the host's mount namespace.
+        assert "wgpysock" not in Path("/proc/self/mountinfo").read_text()
         assert pair.wg_a.show_dump().peers[0].latest_handshake == 0
         pair.wait_handshake()
         assert pair.ping(from_a=True, count=2, interval=0.05).returncode == 0
@@ -178,8 +202,9 @@ def test_pair_without_psk_and_stop_is_idempotent() -> None:
 
 def _child(code: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                            stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, stdout=subprocess.PIPE, text=True
+    )
 
 
 @pytest.mark.interop
