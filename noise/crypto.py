@@ -132,3 +132,48 @@ def dh(private: bytes, public: bytes) -> bytes:
 def equal(a: bytes | bytearray | memoryview, b: bytes | bytearray | memoryview) -> bool:
     """Constant-time comparison for MACs, tags and keys."""
     return _hmac.compare_digest(a, b)
+
+
+class TransportCipher:
+    """One ChaCha20-Poly1305 key of a transport session, its AEAD object built once.
+
+    Reusing the object saves ~1.6 µs per packet (wireguard-protocol.md §12.2).
+    """
+
+    __slots__ = ("_decrypt", "_decrypt_into", "_encrypt", "_encrypt_into")
+
+    def __init__(self, key: bytes) -> None:
+        c = ChaCha20Poly1305(key)
+        self._encrypt = c.encrypt
+        self._decrypt = c.decrypt
+        self._encrypt_into = c.encrypt_into
+        self._decrypt_into = c.decrypt_into
+
+    def seal(self, counter: int, plaintext: bytes | bytearray | memoryview) -> bytes:
+        return self._encrypt(_NONCE.pack(counter), plaintext, None)
+
+    def seal_into(
+        self, counter: int, plaintext: bytes | bytearray | memoryview, out: bytearray | memoryview
+    ) -> None:
+        """Encrypt into ``out`` (exactly ``len(plaintext) + 16`` bytes)."""
+        self._encrypt_into(_NONCE.pack(counter), plaintext, None, out)
+
+    def open(self, counter: int, ciphertext: bytes | bytearray | memoryview) -> bytes | None:
+        """Decrypt, or ``None`` when the tag does not verify."""
+        try:
+            return self._decrypt(_NONCE.pack(counter), ciphertext, None)
+        except InvalidTag:
+            return None
+
+    def open_into(
+        self, counter: int, ciphertext: bytes | bytearray | memoryview, out: bytearray | memoryview
+    ) -> bool:
+        """Decrypt into ``out`` (exactly ``len(ciphertext) - 16`` bytes); False on a bad tag."""
+        try:
+            self._decrypt_into(_NONCE.pack(counter), ciphertext, None, out)
+        except InvalidTag:
+            return False
+        return True
+
+    def __repr__(self) -> str:
+        return "TransportCipher(key=(hidden))"

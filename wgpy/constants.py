@@ -31,7 +31,10 @@ MAX_STAGED_PACKETS = 128  # per peer; the oldest is dropped when full (kernel be
 MAX_PEERS = 1 << 16
 MAX_ALLOWED_IPS = 1 << 20  # across all peers of a device
 MAX_PENDING_HANDSHAKES = 1024  # handshake messages handled per wake-up before "under load"
-UNDER_LOAD_THRESHOLD = 128  # handshake messages per wake-up that make the device "under load"
+# Above this many handshake messages per second the device is "under load": it demands
+# cookies (mac2) and rate-limits per source. wireguard-go measures a queue depth instead
+# (>= 128 of 1024); a sans-IO core has no queue, so it measures the arrival rate.
+UNDER_LOAD_RATE = 1000
 UNDER_LOAD_STICKY = 1.0  # seconds the under-load state lasts after the last trigger
 MAX_DATAGRAM = 65535
 MAX_PACKET = MAX_DATAGRAM - 32

@@ -1,0 +1,660 @@
+"""The sans-IO WireGuard device: peers, cryptokey routing, handshakes, transport and timers.
+
+Theory of operation
+-------------------
+A ``Device`` never reads a clock and never does I/O. Four kinds of input drive it:
+
+* ``receive_datagram(data, addr, now=...)`` — a UDP datagram arrived from ``addr``;
+* ``receive_tun_packet(packet, now=...)`` — the OS routed an IP packet into the interface;
+* ``handle_timer(now=...)`` — the deadline returned by ``get_timer()`` has passed;
+* configuration calls (``set_private_key``, ``add_peer``, ``apply`` of a UAPI request, …).
+
+After each, drain ``datagrams_to_send()`` (``(bytes, (host, port))`` pairs for the UDP socket)
+and ``tun_packets_to_write()`` (decrypted IP packets for the TUN), then re-arm one timer at
+``get_timer()``. Wall-clock time is needed only for TAI64N timestamps and
+``last_handshake_time``; it comes from the injected ``wall_time_ns`` callable, never from
+``now``.
+
+Remote input never raises: anything malformed, unauthenticated, replayed, rate-limited or
+unknown is dropped and counted in ``drops`` by reason. Sessions and peers change only after a
+message authenticated. Local misuse (bad key length, unknown peer) raises.
+
+The send and receive rules follow wireguard-go (``send.go``, ``receive.go``, ``timers.go``,
+``noise-protocol.go``); wireguard-protocol.md §3–§7 restates them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from collections import Counter
+from collections.abc import Callable, Iterable
+
+from noise import crypto, tai64n
+from noise.cookie import CookieChecker, source_bytes
+from noise.errors import NoiseError
+from noise.handshake import (
+    Handshake,
+    InitiationFields,
+    ResponseFields,
+    StaticKeys,
+    consume_initiation,
+    consume_response,
+    create_response,
+    derive_keys,
+)
+from wgpy import messages
+from wgpy.allowedips import AllowedIPs
+from wgpy.constants import (
+    DEFAULT_MTU,
+    MAX_ALLOWED_IPS,
+    MAX_PEERS,
+    MAX_TIMER_HANDSHAKES,
+    REJECT_AFTER_MESSAGES,
+    REJECT_AFTER_TIME,
+    REKEY_AFTER_MESSAGES,
+    REKEY_AFTER_TIME,
+    REKEY_ON_RECEIVE_AGE,
+    REKEY_TIMEOUT,
+    UNDER_LOAD_RATE,
+    UNDER_LOAD_STICKY,
+    ZERO_KEY_MATERIAL_AFTER,
+)
+from wgpy.errors import CapacityError, ConfigError
+from wgpy.keypair import Keypair
+from wgpy.peer import Endpoint, Peer
+from wgpy.ratelimiter import RateLimiter
+
+Rng = Callable[[int], bytes]
+_HEADER = messages.TRANSPORT_HEADER
+
+
+class Device:
+    """A WireGuard interface's protocol state. See the module docstring for the driving rules."""
+
+    def __init__(
+        self,
+        *,
+        wall_time_ns: Callable[[], int],
+        rng: Rng = secrets.token_bytes,
+        keygen: Callable[[], bytes] = crypto.generate_private_key,
+        mtu: int = DEFAULT_MTU,
+        max_peers: int = MAX_PEERS,
+        max_allowed_ips: int = MAX_ALLOWED_IPS,
+        under_load_rate: int = UNDER_LOAD_RATE,
+    ) -> None:
+        self.wall_time_ns = wall_time_ns
+        self.rng = rng
+        self.keygen = keygen
+        self.mtu = mtu
+        self.max_peers = max_peers
+        self.max_allowed_ips = max_allowed_ips
+        self.under_load_rate = under_load_rate
+        self.static: StaticKeys | None = None
+        self.cookie_checker: CookieChecker | None = None
+        self.listen_port = 0
+        self.fwmark = 0
+        self.peers: dict[bytes, Peer] = {}
+        self.allowed_ips: AllowedIPs[Peer] = AllowedIPs(max_allowed_ips)
+        # u32 index -> (peer, keypair); keypair None = the peer's pending handshake
+        self.index_table: dict[int, tuple[Peer, Keypair | None]] = {}
+        self.rate_limiter = RateLimiter()
+        self.drops: Counter[str] = Counter()
+        self.handshakes_completed = 0
+        self.timestamp_floor = tai64n.ZERO  # never send a TAI64N at or below this
+        self.last_timestamp_sent = tai64n.ZERO
+        self._out_datagrams: list[tuple[bytes, Endpoint]] = []
+        self._out_packets: list[bytes] = []
+        self._load_window_start = 0.0
+        self._load_count = 0
+        self._under_load_until = float("-inf")
+
+    # --- outputs ----------------------------------------------------------------------------
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Endpoint]]:
+        """Take the datagrams produced so far: ``(payload, (host, port))`` in send order."""
+        out, self._out_datagrams = self._out_datagrams, []
+        return out
+
+    def tun_packets_to_write(self) -> list[bytes]:
+        """Take the decrypted IP packets produced so far, in order."""
+        out, self._out_packets = self._out_packets, []
+        return out
+
+    def get_timer(self) -> float | None:
+        """The earliest deadline of any peer timer, or ``None`` when nothing is armed."""
+        best: float | None = None
+        for peer in self.peers.values():
+            t = peer.next_deadline()
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
+
+    # --- configuration ----------------------------------------------------------------------
+
+    @property
+    def public_key(self) -> bytes | None:
+        return self.static.public if self.static else None
+
+    def set_private_key(self, private: bytes | None, *, now: float) -> None:
+        """Set (or with ``None`` remove) the static private key; expires every session.
+
+        After calling this, drain ``datagrams_to_send``.
+        """
+        if private is not None and len(private) != crypto.KEY_SIZE:
+            raise ConfigError("a private key is 32 bytes")
+        if (
+            private is not None
+            and self.static
+            and crypto.equal(crypto.clamp(private), self.static.private)
+        ):
+            return
+        self.static = StaticKeys(private) if private is not None else None
+        self.cookie_checker = (
+            CookieChecker(self.static.public, rng=self.rng) if self.static else None
+        )
+        if self.static is not None and self.static.public in self.peers:
+            self.remove_peer(self.static.public)
+        for peer in self.peers.values():
+            peer.handshake.precompute(self.static)
+            self._expire_current_keypairs(peer, now=now)
+
+    def _expire_current_keypairs(self, peer: Peer, *, now: float) -> None:
+        """wireguard-go ``ExpireCurrentKeypairs``: no more sending on old sessions."""
+        self._clear_handshake(peer)
+        peer.last_sent_handshake = now - REKEY_TIMEOUT - 1.0
+        for kp in (peer.current, peer.next):
+            if kp is not None:
+                kp.send_counter = REJECT_AFTER_MESSAGES
+
+    def add_peer(self, public_key: bytes, *, now: float) -> Peer:
+        """Create a peer (or return the existing one)."""
+        if len(public_key) != crypto.KEY_SIZE:
+            raise ConfigError("a public key is 32 bytes")
+        peer = self.peers.get(public_key)
+        if peer is not None:
+            return peer
+        if self.static is not None and crypto.equal(public_key, self.static.public):
+            raise ConfigError("a peer cannot have the interface's own public key")
+        if len(self.peers) >= self.max_peers:
+            raise CapacityError(f"too many peers (limit {self.max_peers})")
+        peer = Peer(public_key, now=now)
+        peer.handshake.precompute(self.static)
+        self.peers[public_key] = peer
+        return peer
+
+    def remove_peer(self, public_key: bytes) -> None:
+        peer = self.peers.pop(public_key, None)
+        if peer is None:
+            return
+        self.allowed_ips.remove_by_owner(peer)
+        self._zero_key_material(peer)
+        peer.stop_timers()
+
+    def set_preshared_key(self, peer: Peer, psk: bytes | None) -> None:
+        if psk is not None and len(psk) != crypto.KEY_SIZE:
+            raise ConfigError("a preshared key is 32 bytes")
+        peer.handshake.preshared_key = psk or crypto.ZERO_KEY
+
+    def set_endpoint(self, peer: Peer, endpoint: Endpoint) -> None:
+        peer.endpoint = endpoint
+
+    def set_persistent_keepalive(self, peer: Peer, interval: int, *, now: float) -> None:
+        """Set the interval (0 = off). Turning it on sends a keepalive at once."""
+        if not 0 <= interval <= 65535:
+            raise ConfigError("persistent keepalive interval must be 0..65535")
+        was = peer.persistent_keepalive_interval
+        peer.persistent_keepalive_interval = interval
+        if interval == 0:
+            peer.persistent_keepalive_at = None
+        elif was == 0 and peer.endpoint is not None:
+            self.send_keepalive(peer, now=now)
+
+    def set_allowed_ips(self, peer: Peer, networks: Iterable[str]) -> None:
+        self.allowed_ips.remove_by_owner(peer)
+        for n in networks:
+            self.allowed_ips.insert(n, peer)
+
+    def down(self) -> None:
+        """Interface down: wipe sessions and staged packets, stop timers (keys are kept)."""
+        for peer in self.peers.values():
+            self._zero_key_material(peer)
+            peer.stop_timers()
+        self._out_datagrams.clear()
+        self._out_packets.clear()
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _jitter(self) -> float:
+        return int.from_bytes(self.rng(2), "little") % 334 / 1000.0
+
+    def _new_index(self, peer: Peer, keypair: Keypair | None) -> int:
+        while True:
+            idx = int.from_bytes(self.rng(4), "little")
+            if idx not in self.index_table:
+                self.index_table[idx] = (peer, keypair)
+                return idx
+
+    def _clear_handshake(self, peer: Peer) -> None:
+        idx = peer.handshake.local_index
+        entry = self.index_table.get(idx)
+        if entry is not None and entry[0] is peer and entry[1] is None:
+            del self.index_table[idx]
+        peer.handshake.clear()
+
+    def _free_keypair(self, kp: Keypair | None) -> None:
+        if kp is not None:
+            self.index_table.pop(kp.local_index, None)
+
+    def _zero_key_material(self, peer: Peer) -> None:
+        for kp in (peer.previous, peer.current, peer.next):
+            self._free_keypair(kp)
+        peer.previous = peer.current = peer.next = None
+        self._clear_handshake(peer)
+        peer.staged.clear()
+
+    def _send(self, peer: Peer, data: bytes) -> None:
+        assert peer.endpoint is not None
+        self._out_datagrams.append((data, peer.endpoint))
+        peer.tx_bytes += len(data)
+
+    def _timestamp(self) -> bytes:
+        ts = tai64n.stamp(self.wall_time_ns())
+        floor = max(self.timestamp_floor, self.last_timestamp_sent)
+        if not tai64n.after(ts, floor) and floor != tai64n.ZERO:
+            ts = tai64n.increment(floor)
+        self.last_timestamp_sent = ts
+        return ts
+
+    def _drop(self, reason: str) -> None:
+        self.drops[reason] += 1
+
+    def _under_load(self, *, now: float) -> bool:
+        """Handshake messages above ``under_load_rate`` per second: sticky for 1 s."""
+        if now - self._load_window_start >= 1.0:
+            self._load_window_start = now
+            self._load_count = 0
+        self._load_count += 1
+        if self._load_count > self.under_load_rate:
+            self._under_load_until = now + UNDER_LOAD_STICKY
+        return now < self._under_load_until
+
+    # --- handshake initiation (send) --------------------------------------------------------
+
+    def initiate(self, peer: Peer, *, now: float, is_retry: bool = False) -> bool:
+        """Send a handshake initiation to ``peer`` unless one went out < REKEY_TIMEOUT ago.
+
+        Returns True if one was sent. After calling this, drain ``datagrams_to_send``.
+        """
+        if not is_retry:
+            peer.timer_handshake_attempts = 0
+        if now - peer.last_sent_handshake < REKEY_TIMEOUT:
+            return False
+        if peer.endpoint is None or self.static is None:
+            return False
+        if peer.handshake.precomputed_static_static is None:
+            return False
+        peer.last_sent_handshake = now
+        self._clear_handshake(peer)
+        index = self._new_index(peer, None)
+        fields = peer.handshake.create_initiation(
+            self.static,
+            ephemeral_private=self.keygen(),
+            timestamp=self._timestamp(),
+            sender_index=index,
+        )
+        msg = messages.build_initiation(
+            index, fields.ephemeral, fields.encrypted_static, fields.encrypted_timestamp
+        )
+        peer.cookie_generator.add_macs(msg, now=now)
+        peer.timers_any_authenticated_packet_traversal(now=now)
+        peer.timers_any_authenticated_packet_sent()
+        self._send(peer, bytes(msg))
+        peer.timers_handshake_initiated(now=now, jitter=self._jitter())
+        return True
+
+    # --- receive ----------------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, addr: Endpoint, *, now: float) -> None:
+        """Process one UDP datagram from ``addr``. Never raises on remote input.
+
+        After calling this, drain ``datagrams_to_send`` and ``tun_packets_to_write``.
+        """
+        t = messages.message_type(data)
+        if t == messages.MESSAGE_TRANSPORT:
+            self._receive_transport(data, addr, now=now)
+        elif t == messages.MESSAGE_INITIATION:
+            self._receive_initiation(data, addr, now=now)
+        elif t == messages.MESSAGE_RESPONSE:
+            self._receive_response(data, addr, now=now)
+        elif t == messages.MESSAGE_COOKIE_REPLY:
+            self._receive_cookie_reply(data, now=now)
+        else:
+            self._drop("unknown_type")
+
+    def _handshake_admitted(
+        self, data: bytes, addr: Endpoint, sender_index: int, *, now: float
+    ) -> bool:
+        """mac1, then the under-load policy: cookie reply or per-source rate limit."""
+        checker = self.cookie_checker
+        if checker is None:
+            self._drop("no_private_key")
+            return False
+        if not checker.check_mac1(data):
+            self._drop("invalid_mac1")
+            return False
+        if not self._under_load(now=now):
+            return True
+        try:
+            ip = ipaddress.ip_address(addr[0].split("%", 1)[0]).packed
+        except ValueError:
+            self._drop("bad_source")
+            return False
+        src = source_bytes(ip, addr[1])
+        if not checker.check_mac2(data, src, now=now):
+            nonce, enc = checker.create_reply(data, src, now=now)
+            self._out_datagrams.append(
+                (messages.build_cookie_reply(sender_index, nonce, enc), addr)
+            )
+            self._drop("cookie_reply_sent")
+            return False
+        if not self.rate_limiter.allow(ip, now=now):
+            self._drop("rate_limited")
+            return False
+        return True
+
+    def _receive_initiation(self, data: bytes, addr: Endpoint, *, now: float) -> None:
+        msg = messages.parse_initiation(data)
+        if msg is None:
+            self._drop("malformed")
+            return
+        if not self._handshake_admitted(data, addr, msg.sender_index, now=now):
+            return
+        assert self.static is not None
+        fields = InitiationFields(msg.ephemeral, msg.encrypted_static, msg.encrypted_timestamp)
+        try:
+            hs = consume_initiation(
+                self.static, fields, msg.sender_index, self._lookup_handshake, now=now
+            )
+        except NoiseError as e:
+            self._drop(e.reason)
+            return
+        peer = self.peers[hs.remote_static]
+        # consuming overwrote any initiation of ours: its index must go
+        entry = self.index_table.get(hs.local_index)
+        if entry is not None and entry[0] is peer and entry[1] is None:
+            del self.index_table[hs.local_index]
+        peer.endpoint = addr
+        peer.rx_bytes += len(data)
+        peer.timers_any_authenticated_packet_traversal(now=now)
+        peer.timers_any_authenticated_packet_received()
+        self._send_response(peer, now=now)
+
+    def _lookup_handshake(self, public_key: bytes) -> Handshake | None:
+        peer = self.peers.get(public_key)
+        return peer.handshake if peer is not None else None
+
+    def _send_response(self, peer: Peer, *, now: float) -> None:
+        index = self._new_index(peer, None)
+        fields = create_response(
+            peer.handshake, ephemeral_private=self.keygen(), sender_index=index
+        )
+        msg = messages.build_response(
+            index, peer.handshake.remote_index, fields.ephemeral, fields.encrypted_nothing
+        )
+        peer.cookie_generator.add_macs(msg, now=now)
+        keypair = Keypair(derive_keys(peer.handshake), now=now)
+        self.index_table[index] = (peer, keypair)
+        # responder: the new keypair waits in `next` until the initiator confirms it
+        self._free_keypair(peer.next)
+        peer.next = keypair
+        self._free_keypair(peer.previous)
+        peer.previous = None
+        peer.last_sent_handshake = now
+        peer.timers_session_derived(now=now)
+        peer.timers_any_authenticated_packet_traversal(now=now)
+        peer.timers_any_authenticated_packet_sent()
+        self._send(peer, bytes(msg))
+
+    def _receive_response(self, data: bytes, addr: Endpoint, *, now: float) -> None:
+        msg = messages.parse_response(data)
+        if msg is None:
+            self._drop("malformed")
+            return
+        if not self._handshake_admitted(data, addr, msg.sender_index, now=now):
+            return
+        assert self.static is not None
+        entry = self.index_table.get(msg.receiver_index)
+        if entry is None or entry[1] is not None:
+            self._drop("unknown_index")
+            return
+        peer = entry[0]
+        try:
+            consume_response(
+                peer.handshake,
+                self.static,
+                ResponseFields(msg.ephemeral, msg.encrypted_nothing),
+                msg.sender_index,
+            )
+        except NoiseError as e:
+            self._drop(e.reason)
+            return
+        keypair = Keypair(derive_keys(peer.handshake), now=now)
+        self.index_table[keypair.local_index] = (peer, keypair)
+        if peer.next is not None:
+            old_previous = peer.previous
+            peer.previous = peer.next
+            peer.next = None
+            self._free_keypair(peer.current)
+            self._free_keypair(old_previous)
+        else:
+            self._free_keypair(peer.previous)
+            peer.previous = peer.current
+        peer.current = keypair
+        peer.endpoint = addr
+        peer.rx_bytes += len(data)
+        self.handshakes_completed += 1
+        peer.timers_any_authenticated_packet_traversal(now=now)
+        peer.timers_any_authenticated_packet_received()
+        peer.timers_session_derived(now=now)
+        peer.timers_handshake_complete(wall_ns=self.wall_time_ns())
+        if peer.staged:
+            self._flush_staged(peer, now=now)
+        else:
+            self.send_keepalive(peer, now=now)  # key confirmation
+
+    def _receive_cookie_reply(self, data: bytes, *, now: float) -> None:
+        msg = messages.parse_cookie_reply(data)
+        if msg is None:
+            self._drop("malformed")
+            return
+        entry = self.index_table.get(msg.receiver_index)
+        if entry is None:
+            self._drop("unknown_index")
+            return
+        try:
+            entry[0].cookie_generator.consume_reply(msg.nonce, msg.encrypted_cookie, now=now)
+        except NoiseError as e:
+            self._drop(e.reason)
+
+    def _receive_transport(self, data: bytes, addr: Endpoint, *, now: float) -> None:
+        if len(data) < messages.MESSAGE_KEEPALIVE_SIZE:
+            self._drop("malformed")
+            return
+        _t, receiver, counter = _HEADER.unpack_from(data)
+        entry = self.index_table.get(receiver)
+        kp = entry[1] if entry is not None else None
+        if entry is None or kp is None:
+            self._drop("unknown_index")
+            return
+        peer = entry[0]
+        if now - kp.created >= REJECT_AFTER_TIME:
+            self._drop("expired_keypair")
+            return
+        plaintext = kp.receive.open(counter, memoryview(data)[16:])
+        if plaintext is None:
+            self._drop("decryption_failed")
+            return
+        if not kp.replay.validate(counter):
+            self._drop("replayed")
+            return
+        if kp is peer.next:
+            self._free_keypair(peer.previous)
+            peer.previous = peer.current
+            peer.current = kp
+            peer.next = None
+            self.handshakes_completed += 1
+            peer.timers_handshake_complete(wall_ns=self.wall_time_ns())
+            self._flush_staged(peer, now=now)
+        peer.endpoint = addr
+        peer.rx_bytes += len(data)
+        peer.timers_any_authenticated_packet_traversal(now=now)
+        peer.timers_any_authenticated_packet_received()
+        self._keep_key_fresh_on_receive(peer, now=now)
+        if not plaintext:
+            return  # keepalive
+        length = messages.ip_packet_length(plaintext)
+        if length is None:
+            self._drop("malformed_inner_packet")
+            return
+        src = plaintext[12:16] if plaintext[0] >> 4 == 4 else plaintext[8:24]
+        if self.allowed_ips.lookup(src) is not peer:
+            self._drop("disallowed_source")
+            return
+        self._out_packets.append(plaintext[:length] if length != len(plaintext) else plaintext)
+        peer.timers_data_received(now=now)
+
+    def _keep_key_fresh_on_receive(self, peer: Peer, *, now: float) -> None:
+        kp = peer.current
+        if (
+            kp is not None
+            and kp.is_initiator
+            and now - kp.created > REKEY_ON_RECEIVE_AGE
+            and not peer.sent_lastminute_handshake
+        ):
+            peer.sent_lastminute_handshake = True
+            self.initiate(peer, now=now)
+
+    # --- send -------------------------------------------------------------------------------
+
+    def receive_tun_packet(self, packet: bytes, *, now: float) -> None:
+        """Route one outbound IP packet to its peer, encrypt and send it (or stage it).
+
+        After calling this, drain ``datagrams_to_send``.
+        """
+        n = len(packet)
+        if n >= 20 and packet[0] >> 4 == 4:
+            peer = self.allowed_ips.lookup(packet[16:20])
+        elif n >= 40 and packet[0] >> 4 == 6:
+            peer = self.allowed_ips.lookup(packet[24:40])
+        else:
+            self._drop("malformed_outbound")
+            return
+        if peer is None:
+            self._drop("no_route")
+            return
+        if not peer.stage(packet):
+            self._drop("staged_overflow")
+        self._flush_staged(peer, now=now)
+
+    def flush(self, peer: Peer, *, now: float) -> None:
+        """Send what is staged for ``peer`` (or start a handshake for it).
+
+        After calling this, drain ``datagrams_to_send``.
+        """
+        self._flush_staged(peer, now=now)
+
+    def send_keepalive(self, peer: Peer, *, now: float) -> None:
+        """Send an empty transport message (only if nothing else is waiting to go)."""
+        if not peer.staged:
+            peer.staged.append(b"")
+        self._flush_staged(peer, now=now)
+
+    def _usable_for_send(self, kp: Keypair | None, *, now: float) -> bool:
+        return (
+            kp is not None
+            and kp.send_counter < REJECT_AFTER_MESSAGES
+            and now - kp.created < REJECT_AFTER_TIME
+        )
+
+    def _flush_staged(self, peer: Peer, *, now: float) -> None:
+        if not peer.staged:
+            return
+        kp = peer.current
+        if kp is None or not self._usable_for_send(kp, now=now) or peer.endpoint is None:
+            self.initiate(peer, now=now)
+            return
+        mtu = self.mtu
+        sent_data = False
+        out = self._out_datagrams
+        endpoint = peer.endpoint
+        header = _HEADER
+        seal = kp.send.seal
+        while peer.staged:
+            if kp.send_counter >= REJECT_AFTER_MESSAGES:
+                break
+            packet = peer.staged.popleft()
+            counter = kp.send_counter
+            kp.send_counter = counter + 1
+            pad = messages.padding_size(len(packet), mtu)
+            body = packet + bytes(pad) if pad else packet
+            datagram = header.pack(messages.MESSAGE_TRANSPORT, kp.remote_index, counter) + seal(
+                counter, body
+            )
+            out.append((datagram, endpoint))
+            peer.tx_bytes += len(datagram)
+            if packet:
+                sent_data = True
+        peer.timers_any_authenticated_packet_traversal(now=now)
+        peer.timers_any_authenticated_packet_sent()
+        if sent_data:
+            peer.timers_data_sent(now=now, jitter=self._jitter())
+        # keep key fresh on send (wireguard-go keepKeyFreshSending)
+        if kp.send_counter > REKEY_AFTER_MESSAGES or (
+            kp.is_initiator and now - kp.created > REKEY_AFTER_TIME
+        ):
+            self.initiate(peer, now=now)
+
+    # --- timers -----------------------------------------------------------------------------
+
+    def handle_timer(self, *, now: float) -> None:
+        """Run every expired peer timer. After calling this, drain ``datagrams_to_send``."""
+        for peer in list(self.peers.values()):
+            t = peer.retransmit_handshake_at
+            if t is not None and now >= t:
+                peer.retransmit_handshake_at = None
+                self._expired_retransmit_handshake(peer, now=now)
+            t = peer.send_keepalive_at
+            if t is not None and now >= t:
+                peer.send_keepalive_at = None
+                self._expired_send_keepalive(peer, now=now)
+            t = peer.new_handshake_at
+            if t is not None and now >= t:
+                peer.new_handshake_at = None
+                self.initiate(peer, now=now)
+            t = peer.zero_key_material_at
+            if t is not None and now >= t:
+                peer.zero_key_material_at = None
+                self._zero_key_material(peer)
+            t = peer.persistent_keepalive_at
+            if t is not None and now >= t:
+                peer.persistent_keepalive_at = None
+                if peer.persistent_keepalive_interval > 0:
+                    self.send_keepalive(peer, now=now)
+
+    def _expired_retransmit_handshake(self, peer: Peer, *, now: float) -> None:
+        if peer.timer_handshake_attempts > MAX_TIMER_HANDSHAKES:
+            # gave up after REKEY_ATTEMPT_TIME: drop what waited, wipe keys later
+            peer.send_keepalive_at = None
+            peer.staged.clear()
+            if peer.zero_key_material_at is None:
+                peer.zero_key_material_at = now + ZERO_KEY_MATERIAL_AFTER
+            return
+        peer.timer_handshake_attempts += 1
+        self.initiate(peer, now=now, is_retry=True)
+
+    def _expired_send_keepalive(self, peer: Peer, *, now: float) -> None:
+        self.send_keepalive(peer, now=now)
+        if peer.need_another_keepalive:
+            peer.need_another_keepalive = False
+            peer.send_keepalive_at = now + 10.0

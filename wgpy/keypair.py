@@ -1,0 +1,40 @@
+"""Transport keypairs (wireguard-go ``keypair.go``): the keys of one session, both directions."""
+
+from __future__ import annotations
+
+from noise.crypto import TransportCipher
+from noise.handshake import SessionKeys
+from wgpy.replay import ReplayFilter
+
+
+class Keypair:
+    """One session: send/receive ciphers, the send counter and the receive replay window.
+
+    ``created`` is the monotonic time the keys were derived; ``is_initiator`` says whether we
+    started the handshake (only the initiator rekeys on time).
+    """
+
+    __slots__ = (
+        "created",
+        "is_initiator",
+        "local_index",
+        "receive",
+        "remote_index",
+        "replay",
+        "send",
+        "send_counter",
+    )
+
+    def __init__(self, keys: SessionKeys, *, now: float) -> None:
+        self.send = TransportCipher(keys.send)
+        self.receive = TransportCipher(keys.receive)
+        self.send_counter = 0
+        self.replay = ReplayFilter()
+        self.created = now
+        self.is_initiator = keys.is_initiator
+        self.local_index = keys.local_index
+        self.remote_index = keys.remote_index
+
+    def __repr__(self) -> str:
+        role = "initiator" if self.is_initiator else "responder"
+        return f"Keypair({role}, local={self.local_index:#x}, sent={self.send_counter})"
