@@ -1,0 +1,175 @@
+"""The ``wgpy`` command line: ``wgpy COMMAND [ARGS...]``.
+
+Subcommands live in a registry of :class:`Command` entries naming a ``module:function`` that is
+imported only when that command runs, so ``wgpy genkey`` never imports kubernetes or pyroute2.
+To add a command, append one line to :data:`COMMANDS`; the function has the signature
+``(argv: list[str], prog: str) -> int`` (it parses its own arguments, ``prog`` is
+``"wgpy NAME"``, and it returns the exit status).
+
+The key commands are here because they are tiny; they read and write exactly what
+``wg genkey``, ``wg pubkey`` and ``wg genpsk`` do.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import stat
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
+from wgpy.keys import generate_preshared_key, generate_private_key, public_key, to_base64
+
+PROG = "wgpy"
+
+Handler = Callable[[list[str], str], int]
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One subcommand: ``target`` is ``"package.module:function"``, imported lazily."""
+
+    name: str
+    target: str
+    help: str
+
+    def load(self) -> Handler:
+        module_name, _, attr = self.target.partition(":")
+        return cast(Handler, getattr(importlib.import_module(module_name), attr))
+
+
+COMMANDS: list[Command] = [
+    Command("genkey", "wgpy.cli:genkey_main", "generate a new private key (base64) to stdout"),
+    Command("genpsk", "wgpy.cli:genpsk_main", "generate a new preshared key (base64) to stdout"),
+    Command("pubkey", "wgpy.cli:pubkey_main", "read a private key on stdin, print its public key"),
+    Command("show", "wgpy.show:main", "show interfaces as `wg show` does (keys hidden)"),
+    Command("up", "wgpy.quick:up_main", "bring up an interface from a wg-quick config file"),
+    Command("down", "wgpy.quick:down_main", "take down an interface brought up by `wgpy up`"),
+]
+
+
+def find(name: str) -> Command | None:
+    return next((c for c in COMMANDS if c.name == name), None)
+
+
+def usage() -> str:
+    width = max(len(c.name) for c in COMMANDS)
+    lines = [f"Usage: {PROG} <cmd> [<args>]", "", "Available subcommands:"]
+    lines += [f"  {c.name:<{width}}  {c.help}" for c in COMMANDS]
+    lines += ["", f"Run `{PROG} <cmd> --help' for the arguments of one subcommand."]
+    return "\n".join(lines) + "\n"
+
+
+# --- keys (wireguard-tools genkey.c / pubkey.c) -------------------------------------------------
+
+_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_B64_VALUE = {c: i for i, c in enumerate(_B64)}
+KEY_B64_LEN = 44
+
+
+def decode_key(text: bytes) -> bytes | None:
+    """``key_from_base64``: exactly 44 characters ending in one ``=``, canonical padding bits.
+
+    Stricter than Python's base64 on purpose: ``wg`` rejects a key whose unused low bits in
+    the last character are set, so two spellings of one key never both work.
+    """
+    if len(text) != KEY_B64_LEN or text[-1:] != b"=":
+        return None
+    chars = text[:43].decode("latin-1")
+    if any(c not in _B64_VALUE for c in chars):
+        return None
+    value = 0
+    for c in chars:
+        value = (value << 6) | _B64_VALUE[c]
+    if value & 0b11:  # 43 * 6 = 258 bits; the last 2 carry no key bits and must be zero
+        return None
+    return (value >> 2).to_bytes(32, "big")
+
+
+def _warn_if_world_accessible() -> None:
+    """wg warns when the key goes to a regular file that others can read."""
+    try:
+        st = os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError):
+        return
+    if stat.S_ISREG(st.st_mode) and st.st_mode & stat.S_IRWXO:
+        sys.stderr.write(
+            "Warning: writing to world accessible file.\n"
+            "Consider setting the umask to 077 and trying again.\n"
+        )
+
+
+def _no_arguments(argv: list[str], prog: str) -> bool:
+    if argv:
+        print(f"Usage: {prog}", file=sys.stderr)
+        return False
+    return True
+
+
+def genkey_main(argv: list[str], prog: str) -> int:
+    """``wgpy genkey``: a clamped Curve25519 private key, base64, one line."""
+    if not _no_arguments(argv, prog):
+        return 1
+    _warn_if_world_accessible()
+    print(to_base64(generate_private_key()))
+    return 0
+
+
+def genpsk_main(argv: list[str], prog: str) -> int:
+    """``wgpy genpsk``: 32 random bytes, base64, one line."""
+    if not _no_arguments(argv, prog):
+        return 1
+    _warn_if_world_accessible()
+    print(to_base64(generate_preshared_key()))
+    return 0
+
+
+def pubkey_main(argv: list[str], prog: str) -> int:
+    """``wgpy pubkey``: 44 base64 characters on stdin, then only whitespace or NULs."""
+    if not _no_arguments(argv, prog):
+        return 1
+    stdin = sys.stdin.buffer
+    text = stdin.read(KEY_B64_LEN)
+    if len(text) != KEY_B64_LEN:
+        print(f"{PROG}: Key is not the correct length or format", file=sys.stderr)
+        return 1
+    # C's isspace in the "C" locale, plus NUL, as pubkey.c skips.
+    while trailing := stdin.read(4096):
+        if trailing.strip(b" \t\n\v\f\r\0"):
+            print(f"{PROG}: Trailing characters found after key", file=sys.stderr)
+            return 1
+    key = decode_key(text.split(b"\0", 1)[0])  # wg uses strlen: a NUL ends the key early
+    if key is None:
+        print(f"{PROG}: Key is not the correct length or format", file=sys.stderr)
+        return 1
+    print(to_base64(public_key(key)))
+    return 0
+
+
+# --- entry point --------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch ``argv`` (default ``sys.argv[1:]``) to a subcommand; return the exit status."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help", "help"):
+        (sys.stdout if args else sys.stderr).write(usage())
+        return 0 if args else 1
+    command = find(args[0])
+    if command is None:
+        sys.stderr.write(f"Invalid subcommand: `{args[0]}'\n" + usage())
+        return 1
+    try:
+        return command.load()(args[1:], f"{PROG} {command.name}")
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `wgpy show | head`: not an error worth a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
