@@ -27,19 +27,29 @@ def summarize(values: Sequence[float | None]) -> dict[str, Any] | None:
     med = statistics.median(vals)
     lo, hi = min(vals), max(vals)
     spread = 100.0 * (hi - lo) / 2 / abs(med) if med else 0.0
-    return {"median": med, "min": lo, "max": hi, "spread_pct": spread, "n": len(vals),
-            "runs": list(values)}
+    return {
+        "median": med,
+        "min": lo,
+        "max": hi,
+        "spread_pct": spread,
+        "n": len(vals),
+        "runs": list(values),
+    }
 
 
 def run_ratio(values: Sequence[float | None], base: Sequence[float | None]) -> float | None:
     """Median over runs of value/baseline, pairing figures of the same run."""
-    pairs = [v / b for v, b in zip(values, base, strict=False)
-             if v is not None and b is not None and b != 0]
+    pairs = [
+        v / b
+        for v, b in zip(values, base, strict=False)
+        if v is not None and b is not None and b != 0
+    ]
     return statistics.median(pairs) if pairs else None
 
 
-def build_results(runs: Runs, meta: dict[str, Any], cases: Mapping[str, dict[str, Any]],
-                  hooks: Mapping[str, str]) -> dict[str, Any]:
+def build_results(
+    runs: Runs, meta: dict[str, Any], cases: Mapping[str, dict[str, Any]], hooks: Mapping[str, str]
+) -> dict[str, Any]:
     """The JSON document: meta, each case's summarised metrics with ratios, and hook notes.
 
     `cases` maps a case name to its description (``status``, ``reason``, ``impl_a``, …).
@@ -75,13 +85,21 @@ def fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
-_GROUPS = (("ping_", ""), ("rss_idle_", ""), ("tcp", "_mbps"), ("udp", "_mbps"),
-           ("udp", "_loss_pct"), ("", "_cpu_s_per_gb"), ("rss_load_", ""))
+_GROUPS = (
+    ("ping_", ""),
+    ("rss_idle_", ""),
+    ("tcp", "_mbps"),
+    ("udp", "_mbps"),
+    ("udp", "_loss_pct"),
+    ("", "_cpu_s_per_gb"),
+    ("rss_load_", ""),
+)
 
 
 def metric_order(metrics: Sequence[str]) -> list[str]:
     """Group metrics for reading (latency, memory, TCP, UDP, loss, CPU, memory under load);
     first-seen order inside a group, unknown metrics last."""
+
     def group(m: str) -> int:
         for i, (pre, suf) in enumerate(_GROUPS):
             if m.startswith(pre) and m.endswith(suf):
@@ -96,10 +114,12 @@ def markdown(results: dict[str, Any]) -> str:
     meta = results["meta"]
     ok = [n for n, c in results["cases"].items() if c.get("status") == "ok"]
     lines = [f"# wgpy benchmarks — {meta.get('date', '')}", ""]
-    lines.append(f"Runs per case: {meta.get('runs')}, {meta.get('seconds')} s per "
-                 f"throughput test{' (quick mode)' if meta.get('quick') else ''}. "
-                 "Cells: median (min–max over runs) ×ratio to wireguard-go "
-                 "(median of same-run ratios).")
+    lines.append(
+        f"Runs per case: {meta.get('runs')}, {meta.get('seconds')} s per "
+        f"throughput test{' (quick mode)' if meta.get('quick') else ''}. "
+        "Cells: median (min–max over runs) ×ratio to wireguard-go "
+        "(median of same-run ratios)."
+    )
     for key in ("linux", "cpus", "loadavg", "wireguard_go", "iperf3", "python"):
         if key in meta:
             lines.append(f"- {key}: {meta[key]}")
@@ -149,8 +169,9 @@ def chart(results: dict[str, Any], path: Path) -> str | None:
     ok = [n for n, c in results["cases"].items() if c.get("status") == "ok"]
     metrics: list[str] = []
     for n in ok:
-        metrics += [m for m in results["cases"][n]["metrics"]
-                    if m.endswith("_mbps") and m not in metrics]
+        metrics += [
+            m for m in results["cases"][n]["metrics"] if m.endswith("_mbps") and m not in metrics
+        ]
     if not ok or not metrics:
         return "chart skipped: no throughput figures"
     fig, ax = plt.subplots(figsize=(max(8, len(metrics) * 1.2), 5))
@@ -159,8 +180,10 @@ def chart(results: dict[str, Any], path: Path) -> str | None:
         ms = results["cases"][n]["metrics"]
         xs = [j + i * width for j in range(len(metrics))]
         med = [ms[m]["median"] if m in ms else 0.0 for m in metrics]
-        err = [[ms[m]["median"] - ms[m]["min"] if m in ms else 0.0 for m in metrics],
-               [ms[m]["max"] - ms[m]["median"] if m in ms else 0.0 for m in metrics]]
+        err = [
+            [ms[m]["median"] - ms[m]["min"] if m in ms else 0.0 for m in metrics],
+            [ms[m]["max"] - ms[m]["median"] if m in ms else 0.0 for m in metrics],
+        ]
         ax.bar(xs, med, width, yerr=err, label=n, capsize=2)
     ax.set_xticks([j + width * (len(ok) - 1) / 2 for j in range(len(metrics))])
     ax.set_xticklabels([m.removesuffix("_mbps") for m in metrics], rotation=30, ha="right")

@@ -67,11 +67,17 @@ class Case:
 def plan_cases(extra: list[tuple[str, list[str]]]) -> list[Case]:
     """The cases in run order; each extra implementation gets three."""
     go = list(tb.DEFAULT_IMPL)
-    cases = [Case("veth", None, None), Case(report.BASELINE, go, go),
-             Case("kernel", tb.KERNEL, tb.KERNEL)]
+    cases = [
+        Case("veth", None, None),
+        Case(report.BASELINE, go, go),
+        Case("kernel", tb.KERNEL, tb.KERNEL),
+    ]
     for name, argv in extra:
-        cases += [Case(name, argv, argv), Case(f"{name}->wireguard-go", argv, go),
-                  Case(f"wireguard-go->{name}", go, argv)]
+        cases += [
+            Case(name, argv, argv),
+            Case(f"{name}->wireguard-go", argv, go),
+            Case(f"wireguard-go->{name}", go, argv),
+        ]
     return cases
 
 
@@ -94,8 +100,7 @@ def build(case: Case) -> Iterator[Target]:
         return
     with tb.make_pair(case.impl_a, case.impl_b, prefix=NS_PREFIX) as p:
         p.wait_handshake()
-        yield Target(case.name, p.ns_a, p.ns_b, p.tun_ip_a, p.tun_ip_b,
-                     p.wg_a.pids, p.wg_b.pids)
+        yield Target(case.name, p.ns_a, p.ns_b, p.tun_ip_a, p.tun_ip_b, p.wg_a.pids, p.wg_b.pids)
 
 
 Step = tuple[str, Callable[[Target], dict[str, float] | None]]
@@ -103,16 +108,23 @@ Step = tuple[str, Callable[[Target], dict[str, float] | None]]
 
 def steps(s: Settings) -> list[Step]:
     """The measurements of one run, in order; metric names are ``LABEL_FIGURE``."""
-    out: list[Step] = [("ping", partial(ping_rtt, count=s.ping_count,
-                                        interval=s.ping_interval))]
+    out: list[Step] = [("ping", partial(ping_rtt, count=s.ping_count, interval=s.ping_interval))]
     for streams in (1, 4):
         for rev in (False, True):
-            out.append((f"tcp{streams}_{'rev' if rev else 'fwd'}",
-                        partial(iperf, seconds=s.seconds, streams=streams, reverse=rev)))
+            out.append(
+                (
+                    f"tcp{streams}_{'rev' if rev else 'fwd'}",
+                    partial(iperf, seconds=s.seconds, streams=streams, reverse=rev),
+                )
+            )
     for rate in s.udp_rates:
         for rev in (False, True):
-            out.append((f"udp{rate}_{'rev' if rev else 'fwd'}",
-                        partial(iperf, seconds=s.seconds, udp_rate=rate, reverse=rev)))
+            out.append(
+                (
+                    f"udp{rate}_{'rev' if rev else 'fwd'}",
+                    partial(iperf, seconds=s.seconds, udp_rate=rate, reverse=rev),
+                )
+            )
     out += list(EXTRA_WORKLOADS.items())
     return out
 
@@ -126,13 +138,24 @@ class Progress:
     def __call__(self, msg: str, *, advance: bool = True) -> None:
         self.done += advance
         el = int(time.monotonic() - self.t0)
-        print(f"[{self.done:>3}/{self.total}] {el // 60:02d}:{el % 60:02d} {msg}",
-              file=sys.stderr, flush=True)
+        print(
+            f"[{self.done:>3}/{self.total}] {el // 60:02d}:{el % 60:02d} {msg}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
-def run_case(case: Case, s: Settings, run_no: int, *, figures: dict[str, list[float | None]],
-             errors: list[str], progress: Progress) -> None:
+def run_case(
+    case: Case,
+    s: Settings,
+    run_no: int,
+    *,
+    figures: dict[str, list[float | None]],
+    errors: list[str],
+    progress: Progress,
+) -> None:
     """One run of one case: fill ``figures[metric][run_no]``."""
+
     def put(metric: str, value: float) -> None:
         figures.setdefault(metric, [None] * s.runs)[run_no] = value
 
@@ -165,8 +188,11 @@ def tool_version(argv: list[str]) -> str:
         res = tb.run(argv, check=False, timeout=10)
     except tb.TestbedError:
         return "unknown"
-    return (res.stdout or res.stderr).strip().splitlines()[0] if (res.stdout or res.stderr) \
+    return (
+        (res.stdout or res.stderr).strip().splitlines()[0]
+        if (res.stdout or res.stderr)
         else "unknown"
+    )
 
 
 def parse_impl(text: str) -> tuple[str, list[str]]:
@@ -178,14 +204,23 @@ def parse_impl(text: str) -> tuple[str, list[str]]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python3 -m benchmarks.run", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python3 -m benchmarks.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--quick", action="store_true", help="a few seconds per case (CI smoke)")
     ap.add_argument("--runs", type=int, help="runs per case (default 3, quick 1)")
     ap.add_argument("--seconds", type=float, help="per throughput test (default 5, quick 1)")
     ap.add_argument("--udp-rates", help="comma list, iperf3 syntax (default 100M,500M)")
-    ap.add_argument("--impl", action="append", type=parse_impl, default=[],
-                    metavar="NAME=ARGV", help="extra implementation, e.g. wgpy=wgpy-userspace")
+    ap.add_argument(
+        "--impl",
+        action="append",
+        type=parse_impl,
+        default=[],
+        metavar="NAME=ARGV",
+        help="extra implementation, e.g. wgpy=wgpy-userspace",
+    )
     ap.add_argument("--only", help="comma list of case names to run (default: all)")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="output directory")
     return ap.parse_args(argv)
@@ -195,13 +230,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     missing = [t for t in TOOLS if shutil.which(t) is None]
     if os.geteuid() != 0 or missing:
-        print(f"benchmarks need root and {', '.join(TOOLS)}; missing: {missing}",
-              file=sys.stderr)
+        print(f"benchmarks need root and {', '.join(TOOLS)}; missing: {missing}", file=sys.stderr)
         return 2
-    s = Settings(runs=args.runs or (1 if args.quick else 3),
-                 seconds=args.seconds or (1.0 if args.quick else 5.0),
-                 udp_rates=(args.udp_rates or ("100M" if args.quick else "100M,500M")).split(","),
-                 ping_count=30 if args.quick else 200, ping_interval=0.01)
+    s = Settings(
+        runs=args.runs or (1 if args.quick else 3),
+        seconds=args.seconds or (1.0 if args.quick else 5.0),
+        udp_rates=(args.udp_rates or ("100M" if args.quick else "100M,500M")).split(","),
+        ping_count=30 if args.quick else 200,
+        ping_interval=0.01,
+    )
     tb.install_signal_handlers()
     tb.sweep_stale(NS_PREFIX)  # leftovers of a benchmark that was SIGKILLed
     cases = plan_cases(args.impl)
@@ -212,35 +249,52 @@ def main(argv: list[str] | None = None) -> int:
             print(f"unknown case(s): {sorted(unknown)}", file=sys.stderr)
             return 2
         cases = [c for c in cases if c.name in wanted]
-    info: dict[str, dict[str, Any]] = {c.name: {"status": "ok", **c.describe(), "errors": []}
-                                       for c in cases}
+    info: dict[str, dict[str, Any]] = {
+        c.name: {"status": "ok", **c.describe(), "errors": []} for c in cases
+    }
     if any(c.name == "kernel" for c in cases) and not tb.kernel_wireguard_available():
         info["kernel"] = {"status": "skipped", "reason": "no kernel module"}
         cases = [c for c in cases if c.name != "kernel"]
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": sys.argv[1:] if argv is None
-            else argv, "quick": args.quick, "runs": s.runs, "seconds": s.seconds,
-            "udp_rates": s.udp_rates, "linux": platform.release(), "cpus": os.cpu_count(),
-            "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-            "wireguard_go": tool_version(["wireguard-go", "--version"]),
-            "iperf3": tool_version(["iperf3", "--version"]), "python": platform.python_version()}
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "argv": sys.argv[1:] if argv is None else argv,
+        "quick": args.quick,
+        "runs": s.runs,
+        "seconds": s.seconds,
+        "udp_rates": s.udp_rates,
+        "linux": platform.release(),
+        "cpus": os.cpu_count(),
+        "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "wireguard_go": tool_version(["wireguard-go", "--version"]),
+        "iperf3": tool_version(["iperf3", "--version"]),
+        "python": platform.python_version(),
+    }
     runs: dict[str, dict[str, list[float | None]]] = {c.name: {} for c in cases}
     progress = Progress(s.runs * len(cases) * len(steps(s)))
     try:
         for run_no in range(s.runs):
             for case in cases:
                 try:
-                    run_case(case, s, run_no, figures=runs[case.name],
-                             errors=info[case.name]["errors"], progress=progress)
+                    run_case(
+                        case,
+                        s,
+                        run_no,
+                        figures=runs[case.name],
+                        errors=info[case.name]["errors"],
+                        progress=progress,
+                    )
                 except tb.TestbedError as e:  # the testbed itself failed: note it, go on
                     info[case.name]["errors"].append(f"run {run_no + 1}: testbed: {e}")
-                    progress(f"{case.name} run {run_no + 1}: testbed FAILED: {e}",
-                             advance=False)
+                    progress(f"{case.name} run {run_no + 1}: testbed FAILED: {e}", advance=False)
     except KeyboardInterrupt:
         meta["interrupted"] = True
         print("interrupted: writing partial results", file=sys.stderr)
     meta["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    hooks = {"handshakes": benchmarks.handshakes.NOT_MEASURED} \
-        if not any(k.startswith("handshakes_") for r in runs.values() for k in r) else {}
+    hooks = (
+        {"handshakes": benchmarks.handshakes.NOT_MEASURED}
+        if not any(k.startswith("handshakes_") for r in runs.values() for k in r)
+        else {}
+    )
     results = report.build_results(runs, meta, info, hooks)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"

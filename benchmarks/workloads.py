@@ -49,6 +49,7 @@ class WorkloadError(RuntimeError):
 
 # --- pure parsers and statistics ------------------------------------------------------------
 
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Linear-interpolated percentile (`q` in 0..100) of a non-empty sequence."""
     if not values:
@@ -85,8 +86,11 @@ def parse_iperf(text: str, *, udp: bool) -> IperfResult:
     if "error" in doc:
         raise WorkloadError(f"iperf3: {doc['error']}")
     recv = doc["end"]["sum_received"]
-    return IperfResult(mbps=recv["bits_per_second"] / 1e6, bytes=int(recv["bytes"]),
-                       lost_pct=float(recv.get("lost_percent", 0.0)) if udp else None)
+    return IperfResult(
+        mbps=recv["bits_per_second"] / 1e6,
+        bytes=int(recv["bytes"]),
+        lost_pct=float(recv.get("lost_percent", 0.0)) if udp else None,
+    )
 
 
 def parse_rate(rate: str) -> float:
@@ -97,6 +101,7 @@ def parse_rate(rate: str) -> float:
 
 
 # --- sampling -------------------------------------------------------------------------------
+
 
 class RssSampler:
     """Background thread recording the peak VmRSS (KiB) of each PID while active."""
@@ -135,13 +140,15 @@ def cpu_total(pids: Sequence[int]) -> float:
 
 # --- workloads ------------------------------------------------------------------------------
 
+
 @contextmanager
 def iperf_server(t: Target) -> Iterator[None]:
     """An iperf3 server in ``ns_b`` on ``dst_b``; stopped on exit."""
     proc = t.ns_b.popen(["iperf3", "-s", "-B", t.dst_b, "-p", str(IPERF_PORT)])
     try:
         listening = tb.wait_for(
-            lambda: f":{IPERF_PORT}" in t.ns_b.run(["ss", "-Hltn"]).stdout, 5.0, 0.05)
+            lambda: f":{IPERF_PORT}" in t.ns_b.run(["ss", "-Hltn"]).stdout, 5.0, 0.05
+        )
         if not listening:
             raise WorkloadError("iperf3 server did not start")
         yield
@@ -150,11 +157,29 @@ def iperf_server(t: Target) -> Iterator[None]:
         proc.wait(5)
 
 
-def iperf(t: Target, *, seconds: float, streams: int = 1, reverse: bool = False,
-          udp_rate: str | None = None) -> dict[str, float]:
+def iperf(
+    t: Target,
+    *,
+    seconds: float,
+    streams: int = 1,
+    reverse: bool = False,
+    udp_rate: str | None = None,
+) -> dict[str, float]:
     """One iperf3 client run from ``ns_a``; returns Mbit/s, loss % (UDP) and CPU s/GB."""
-    argv = ["iperf3", "-c", t.dst_b, "-p", str(IPERF_PORT), "-J", "-t", f"{seconds:g}",
-            "-P", str(streams), "--connect-timeout", "3000"]
+    argv = [
+        "iperf3",
+        "-c",
+        t.dst_b,
+        "-p",
+        str(IPERF_PORT),
+        "-J",
+        "-t",
+        f"{seconds:g}",
+        "-P",
+        str(streams),
+        "--connect-timeout",
+        "3000",
+    ]
     if reverse:
         argv.append("-R")
     if udp_rate is not None:
@@ -173,13 +198,19 @@ def iperf(t: Target, *, seconds: float, streams: int = 1, reverse: bool = False,
 
 def ping_rtt(t: Target, *, count: int, interval: float) -> dict[str, float]:
     """RTT p50/p99 (ms) of `count` pings A→B; loss % too."""
-    res = t.ns_a.run(["ping", "-n", "-c", str(count), "-i", f"{interval:g}", "-W", "2",
-                      t.dst_b], check=False, timeout=count * interval + 15)
+    res = t.ns_a.run(
+        ["ping", "-n", "-c", str(count), "-i", f"{interval:g}", "-W", "2", t.dst_b],
+        check=False,
+        timeout=count * interval + 15,
+    )
     rtts = parse_ping(res.stdout)
     if not rtts:
         raise WorkloadError(f"no ping replies: {res.stdout[-200:]!r}")
-    return {"p50_ms": percentile(rtts, 50), "p99_ms": percentile(rtts, 99),
-            "loss_pct": 100.0 * (count - len(rtts)) / count}
+    return {
+        "p50_ms": percentile(rtts, 50),
+        "p99_ms": percentile(rtts, 99),
+        "loss_pct": 100.0 * (count - len(rtts)) / count,
+    }
 
 
 # A hook for workloads that need more than two namespaces and iperf3: each entry gets the

@@ -97,19 +97,23 @@ def install_signal_handlers() -> None:
         signal.signal(sig, _raise_exit)
 
 
-def run(argv: Sequence[str], *, check: bool = True, timeout: float = 30.0,
-        input: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    argv: Sequence[str], *, check: bool = True, timeout: float = 30.0, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a command on the host side (no network effect intended), capturing text output."""
     try:
-        res = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                             input=input, check=False)
+        res = subprocess.run(
+            list(argv), capture_output=True, text=True, timeout=timeout, input=input, check=False
+        )
     except FileNotFoundError as e:
         raise TestbedError(f"command not found: {argv[0]}") from e
     except subprocess.TimeoutExpired as e:
         raise TestbedError(f"timed out after {timeout}s: {redact(' '.join(argv))}") from e
     if check and res.returncode != 0:
-        raise TestbedError(f"{redact(' '.join(argv))} failed ({res.returncode}): "
-                           f"{redact(res.stderr.strip() or res.stdout.strip())}")
+        raise TestbedError(
+            f"{redact(' '.join(argv))} failed ({res.returncode}): "
+            f"{redact(res.stderr.strip() or res.stdout.strip())}"
+        )
     return res
 
 
@@ -172,8 +176,9 @@ class Namespace:
     def __enter__(self) -> Self:
         return self.create()
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def exec_argv(self, argv: Sequence[str]) -> list[str]:
@@ -184,14 +189,25 @@ class Namespace:
         """``ip -n NS ARGS...`` (checked)."""
         return run(["ip", "-n", self.name, *args])
 
-    def run(self, argv: Sequence[str], *, check: bool = True, timeout: float = 60.0,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float = 60.0,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         """Run `argv` inside the namespace and wait; text output captured."""
         return run(self.exec_argv(argv), check=check, timeout=timeout, input=input)
 
-    def popen(self, argv: Sequence[str], *, env: dict[str, str] | None = None,
-              stdout: int | IO[Any] | None = subprocess.DEVNULL,
-              stderr: int | IO[Any] | None = subprocess.DEVNULL) -> subprocess.Popen[Any]:
+    def popen(
+        self,
+        argv: Sequence[str],
+        *,
+        env: dict[str, str] | None = None,
+        stdout: int | IO[Any] | None = subprocess.DEVNULL,
+        stderr: int | IO[Any] | None = subprocess.DEVNULL,
+    ) -> subprocess.Popen[Any]:
         """Start `argv` inside the namespace; its PID is the command's own (``ip`` execs).
 
         The process is stopped (SIGTERM, then SIGKILL) when the namespace closes.
@@ -200,9 +216,13 @@ class Namespace:
         # setpriv (util-linux) sets PR_SET_PDEATHSIG and execs, as do `ip` and `sh`: if our
         # thread dies, even by SIGKILL, the kernel sends the child SIGTERM, and the PID we hold
         # stays the command's own. (No preexec_fn: unsafe once the caller has threads.)
-        proc = subprocess.Popen(["setpriv", "--pdeathsig", "TERM", *self.exec_argv(argv)],
-                                env=full_env, stdin=subprocess.DEVNULL, stdout=stdout,
-                                stderr=stderr)
+        proc = subprocess.Popen(
+            ["setpriv", "--pdeathsig", "TERM", *self.exec_argv(argv)],
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+        )
         self.procs.append(proc)
         return proc
 
@@ -274,8 +294,22 @@ def veth(ns_a: Namespace, ns_b: Namespace, addr_a: str, addr_b: str, *, mtu: int
     bring both ends up. Removed with the namespaces."""
     tag = secrets.token_hex(4)
     name_a, name_b = f"v{tag}a", f"v{tag}b"  # 10 chars, within IFNAMSIZ - 1 = 15
-    ns_a.ip("link", "add", name_a, "mtu", str(mtu), "type", "veth",
-            "peer", "name", name_b, "mtu", str(mtu), "netns", ns_b.name)
+    ns_a.ip(
+        "link",
+        "add",
+        name_a,
+        "mtu",
+        str(mtu),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        name_b,
+        "mtu",
+        str(mtu),
+        "netns",
+        ns_b.name,
+    )
     ns_a.ip("addr", "add", addr_a, "dev", name_a)
     ns_b.ip("addr", "add", addr_b, "dev", name_b)
     ns_a.ip("link", "set", name_a, "up")
@@ -348,8 +382,12 @@ ImplSpec = Sequence[str] | KernelImpl
 def kernel_wireguard_available() -> bool:
     """True if ``ip link add X type wireguard`` works (tried in a throwaway namespace)."""
     with Namespace(f"{NS_PREFIX}probe") as ns:
-        return run(["ip", "-n", ns.name, "link", "add", "wgprobe", "type", "wireguard"],
-                   check=False).returncode == 0
+        return (
+            run(
+                ["ip", "-n", ns.name, "link", "add", "wgprobe", "type", "wireguard"], check=False
+            ).returncode
+            == 0
+        )
 
 
 @dataclass(frozen=True)
@@ -397,18 +435,28 @@ def parse_dump(text: str) -> InterfaceDump:
     for f in lines[1:]:
         if len(f) != 8:
             raise TestbedError("unexpected peer line in `wg show dump` output")
-        peers.append(PeerDump(
-            public_key=f[0], has_preshared_key=f[1] != "(none)",
-            endpoint=None if f[2] == "(none)" else f[2],
-            allowed_ips=() if f[3] == "(none)" else tuple(f[3].split(",")),
-            latest_handshake=int(f[4]), rx_bytes=int(f[5]), tx_bytes=int(f[6]),
-            persistent_keepalive=None if f[7] == "off" else int(f[7])))
-    return InterfaceDump(pub, int(port), None if fwmark == "off" else int(fwmark, 0),
-                         tuple(peers))
+        peers.append(
+            PeerDump(
+                public_key=f[0],
+                has_preshared_key=f[1] != "(none)",
+                endpoint=None if f[2] == "(none)" else f[2],
+                allowed_ips=() if f[3] == "(none)" else tuple(f[3].split(",")),
+                latest_handshake=int(f[4]),
+                rx_bytes=int(f[5]),
+                tx_bytes=int(f[6]),
+                persistent_keepalive=None if f[7] == "off" else int(f[7]),
+            )
+        )
+    return InterfaceDump(pub, int(port), None if fwmark == "off" else int(fwmark, 0), tuple(peers))
 
 
-def build_conf(private_key: str, *, listen_port: int | None = None,
-               peers: Sequence[PeerConf] = (), fwmark: int | None = None) -> str:
+def build_conf(
+    private_key: str,
+    *,
+    listen_port: int | None = None,
+    peers: Sequence[PeerConf] = (),
+    fwmark: int | None = None,
+) -> str:
     """The ``wg setconf`` text for an interface and its peers."""
     out = ["[Interface]", f"PrivateKey = {private_key}"]
     if listen_port is not None:
@@ -443,13 +491,20 @@ class _WgBase:
         """PIDs doing this instance's work (empty for the kernel)."""
         return []
 
-    def wg(self, *args: str, input: str | None = None,
-           check: bool = True) -> subprocess.CompletedProcess[str]:
+    def wg(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``wg ARGS...`` where it reaches this instance's UAPI socket."""
         return run([*self._prefix(), "wg", *args], input=input, check=check)
 
-    def set_conf(self, private_key: str, *, listen_port: int | None = None,
-                 peers: Sequence[PeerConf] = (), fwmark: int | None = None) -> None:
+    def set_conf(
+        self,
+        private_key: str,
+        *,
+        listen_port: int | None = None,
+        peers: Sequence[PeerConf] = (),
+        fwmark: int | None = None,
+    ) -> None:
         """Replace the whole configuration (``wg setconf``; keys pass on stdin, never argv)."""
         conf = build_conf(private_key, listen_port=listen_port, peers=peers, fwmark=fwmark)
         self.wg("setconf", self.iface, "/dev/stdin", input=conf)
@@ -475,8 +530,9 @@ class _WgBase:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
 
@@ -488,8 +544,15 @@ class WgInstance(_WgBase):
     ``[sys.executable, "-m", "wgpy.userspace"]``. Call :meth:`start` (or use ``with``).
     """
 
-    def __init__(self, ns: Namespace, impl: Sequence[str] = DEFAULT_IMPL, iface: str = "wg0",
-                 *, env: dict[str, str] | None = None, start_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        ns: Namespace,
+        impl: Sequence[str] = DEFAULT_IMPL,
+        iface: str = "wg0",
+        *,
+        env: dict[str, str] | None = None,
+        start_timeout: float = 10.0,
+    ) -> None:
         if isinstance(impl, str):
             raise TypeError("impl is an argv list, not a string")
         super().__init__(ns, iface)
@@ -542,19 +605,23 @@ class WgInstance(_WgBase):
         # Kept after stop() so output() still works; the file closes when the instance goes.
         self._log = tempfile.TemporaryFile()  # noqa: SIM115
         script = f'mount -t tmpfs wgpysock {SOCKET_DIR} && exec "$@"'
-        self.proc = self.ns.popen(["sh", "-c", script, "sh", *self.impl, "-f", self.iface],
-                                  env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = self.ns.popen(
+            ["sh", "-c", script, "sh", *self.impl, "-f", self.iface],
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         _register(self)
         proc = self.proc
-        wait_for(lambda: proc.poll() is not None or self._private_mount_ready(),
-                 self.start_timeout)
+        wait_for(lambda: proc.poll() is not None or self._private_mount_ready(), self.start_timeout)
         if not self._private_mount_ready():
             rc = proc.poll()
             self.stop()  # before reading the output: the process may still be writing
             state = f"exited with {rc}" if rc is not None else "still running, no socket"
             raise TestbedError(
                 f"{' '.join(self.impl)} -f {self.iface} in {self.ns.name}: no UAPI socket "
-                f"after {self.start_timeout}s ({state}); output:\n{redact(self.output())}")
+                f"after {self.start_timeout}s ({state}); output:\n{redact(self.output())}"
+            )
         return self
 
     def __enter__(self) -> Self:
@@ -612,9 +679,16 @@ class Pair:
     tun_ip_a: str = TUN_IP_A
     tun_ip_b: str = TUN_IP_B
 
-    def ping(self, *, from_a: bool = True, count: int = 1, size: int | None = None,
-             dont_fragment: bool = False, timeout: float = 2.0,
-             interval: float = 0.2) -> subprocess.CompletedProcess[str]:
+    def ping(
+        self,
+        *,
+        from_a: bool = True,
+        count: int = 1,
+        size: int | None = None,
+        dont_fragment: bool = False,
+        timeout: float = 2.0,
+        interval: float = 0.2,
+    ) -> subprocess.CompletedProcess[str]:
         """Ping the other side's tunnel address (unchecked: look at ``returncode``)."""
         ns, dst = (self.ns_a, self.tun_ip_b) if from_a else (self.ns_b, self.tun_ip_a)
         argv = ["ping", "-n", "-c", str(count), "-i", str(interval), "-W", str(timeout)]
@@ -643,22 +717,31 @@ class Pair:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
-def _start_impl(ns: Namespace, impl: ImplSpec, env: dict[str, str] | None,
-                start_timeout: float) -> WgInstance | KernelWg:
+def _start_impl(
+    ns: Namespace, impl: ImplSpec, env: dict[str, str] | None, start_timeout: float
+) -> WgInstance | KernelWg:
     if isinstance(impl, KernelImpl):
         return KernelWg(ns, "wg0").start()
     return WgInstance(ns, impl, "wg0", env=env, start_timeout=start_timeout).start()
 
 
-def make_pair(impl_a: ImplSpec = DEFAULT_IMPL, impl_b: ImplSpec = DEFAULT_IMPL, *,
-              psk: bool = False, mtu: int = 1420, port: int = 51820,
-              env: dict[str, str] | None = None, prefix: str = NS_PREFIX,
-              start_timeout: float = 10.0) -> Pair:
+def make_pair(
+    impl_a: ImplSpec = DEFAULT_IMPL,
+    impl_b: ImplSpec = DEFAULT_IMPL,
+    *,
+    psk: bool = False,
+    mtu: int = 1420,
+    port: int = 51820,
+    env: dict[str, str] | None = None,
+    prefix: str = NS_PREFIX,
+    start_timeout: float = 10.0,
+) -> Pair:
     """Build the pair testbed (use as a context manager; everything is removed on exit).
 
     `impl_a`/`impl_b` are argv prefixes or :data:`KERNEL`. Keys come from ``wg genkey``;
@@ -676,10 +759,16 @@ def make_pair(impl_a: ImplSpec = DEFAULT_IMPL, impl_b: ImplSpec = DEFAULT_IMPL, 
         priv_a, priv_b = genkey(), genkey()
         pub_a, pub_b = pubkey(priv_a), pubkey(priv_b)
         shared = genpsk() if psk else None
-        wgs[0].set_conf(priv_a, listen_port=port, peers=[PeerConf(
-            pub_b, f"{link.ip_b}:{port}", [f"{TUN_IP_B}/32"], shared)])
-        wgs[1].set_conf(priv_b, listen_port=port, peers=[PeerConf(
-            pub_a, f"{link.ip_a}:{port}", [f"{TUN_IP_A}/32"], shared)])
+        wgs[0].set_conf(
+            priv_a,
+            listen_port=port,
+            peers=[PeerConf(pub_b, f"{link.ip_b}:{port}", [f"{TUN_IP_B}/32"], shared)],
+        )
+        wgs[1].set_conf(
+            priv_b,
+            listen_port=port,
+            peers=[PeerConf(pub_a, f"{link.ip_a}:{port}", [f"{TUN_IP_A}/32"], shared)],
+        )
         for w, addr in zip(wgs, (TUN_A, TUN_B), strict=True):
             w.address(addr)
             w.up(mtu)
