@@ -143,14 +143,7 @@ class LeaderElector:
     async def run(self) -> None:
         """Acquire, lead until the lease is lost or :meth:`stop` is called, then return."""
         self.lost_leadership = False
-        while not self._stop.is_set():
-            ok = await self._attempt(timeout=self.config.renew_deadline)
-            await self._report_new_leader()
-            if ok:
-                break
-            if await self._sleep(retry_interval(self.config.retry_period, self._rng)):
-                return
-        else:
+        if not await self._acquire():
             return
         self._leading = True
         log.info(
@@ -179,6 +172,21 @@ class LeaderElector:
                     log.exception("on_stopped_leading failed")
             if self._release_on_stop or not self._stop.is_set():
                 await self._release()
+
+    async def _acquire(self) -> bool:
+        """Try until we hold the Lease (True) or stop is requested (False).
+
+        Retries are jittered (client-go ``JitterUntil`` with factor 1.2) so candidates that
+        started together do not keep colliding.
+        """
+        while not self._stop.is_set():
+            ok = await self._attempt(timeout=self.config.renew_deadline)
+            await self._report_new_leader()
+            if ok:
+                return True
+            if await self._sleep(retry_interval(self.config.retry_period, self._rng)):
+                return False
+        return False
 
     async def _renew_loop(self) -> None:
         el = self._elector
