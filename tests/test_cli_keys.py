@@ -18,7 +18,7 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 needs_wg = pytest.mark.skipif(shutil.which("wg") is None, reason="needs the wg tool")
 
 
-def wgpy(*args: str, stdin: bytes = b"", **kw: object) -> subprocess.CompletedProcess[bytes]:
+def wgpy(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [sys.executable, "-m", "wgpy.cli", *args],
         input=stdin,
@@ -27,7 +27,6 @@ def wgpy(*args: str, stdin: bytes = b"", **kw: object) -> subprocess.CompletedPr
         cwd=ROOT,
         timeout=20,
         check=False,
-        **kw,  # type: ignore[call-overload]
     )
 
 

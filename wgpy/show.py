@@ -183,7 +183,8 @@ def field(name: str, snap: DeviceSnapshot, what: str, *, with_interface: bool) -
         elif what == "preshared-keys":
             lines.append(f"{key}\t{_hidden(p.preshared_key)}")
         elif what == "endpoints":
-            lines.append(f"{key}\t{ep}")
+            # show.c prints the interface prefix once, before the loop, for this one field.
+            lines.append(f"{key if not lines else key[len(pre) :]}\t{ep}")
         elif what == "allowed-ips":
             lines.append(f"{key}\t" + (" ".join(_net(n) for n in p.allowed_ips) or "(none)"))
         elif what == "latest-handshakes":
@@ -198,6 +199,8 @@ def field(name: str, snap: DeviceSnapshot, what: str, *, with_interface: bool) -
                 f"{key}\t{_hidden(p.preshared_key)}\t{ep}\t{ips}\t{p.last_handshake_time_sec}"
                 f"\t{p.rx_bytes}\t{p.tx_bytes}\t{keepalive}"
             )
+    if what == "endpoints" and not lines:
+        return pre  # the same quirk: a device without peers leaves "IFACE\t" unterminated
     return "".join(line + "\n" for line in lines)
 
 
