@@ -33,7 +33,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import wgpy
-from tun import netlink
 from wgpy import uapi_client, wgquick
 from wgpy.constants import DEFAULT_MTU
 from wgpy.errors import ConfigError, WgpyError
@@ -239,6 +238,8 @@ def wait_socket_gone(ifname: str, directory: str | None, timeout: float) -> bool
 
 def teardown(ifname: str, directory: str | None) -> bool:
     """Delete the link (the daemon exits on that); True once its socket is gone too."""
+    from tun import netlink  # noqa: PLC0415 - see _configure
+
     netlink.delete_link(ifname)
     return wait_socket_gone(ifname, directory, SOCKET_GONE_TIMEOUT)
 
@@ -263,6 +264,10 @@ def _configure(
     table: int | None,
     directory: str | None,
 ) -> None:
+    # pyroute2 is imported only here, after the root check: a user without it (or without
+    # access to it) gets "must be run as root", not an ImportError.
+    from tun import netlink  # noqa: PLC0415
+
     _say(f"wgpy set {ifname} (private key, {len(cfg.peers)} peer(s))")
     uapi_client.set_device(ifname, request, directory=directory)
     for addr in cfg.addresses:
