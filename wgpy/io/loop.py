@@ -1,0 +1,223 @@
+"""The device event loop: drives the sans-IO ``Device`` with a UDP bind, a TUN and the UAPI.
+
+One thread, one ``selectors`` loop (epoll): TUN readable → ``receive_tun_packet`` for every
+packet queued; UDP readable → ``receive_datagram`` for every datagram queued; UAPI → get/set;
+then the outputs are flushed and one timer is re-armed at ``device.get_timer()``. Once a
+second it checks that the TUN and the UAPI socket file still exist, and exits when either is
+gone (``ip link del``, ``wg-quick down``), as wireguard-go does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable
+
+from tun.base import TunDevice
+from wgpy import configure, uapi
+from wgpy.device import Device
+from wgpy.io.uapi_server import UapiServer
+from wgpy.io.udp import UdpBind
+
+log = logging.getLogger(__name__)
+
+BATCH = 256  # packets taken from one source per wake-up, so that no source starves others
+HOUSEKEEPING = 1.0
+
+
+class DeviceRunner:
+    """Owns the fds of one interface and runs its loop until told to stop."""
+
+    def __init__(
+        self,
+        device: Device,
+        tun: TunDevice,
+        *,
+        uapi_server_factory: Callable[[DeviceRunner], UapiServer] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        link_alive: Callable[[], bool] | None = None,
+    ) -> None:
+        self.device = device
+        self.tun = tun
+        self.clock = clock
+        self.bind = UdpBind()
+        self.sel = selectors.DefaultSelector()
+        self.stopping = False
+        self.exit_reason = ""
+        self.send_errors = 0
+        self.tun_write_errors = 0
+        self._link_alive = link_alive
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
+        self.sel.register(tun.fileno(), selectors.EVENT_READ, self._on_tun)
+        self.uapi = uapi_server_factory(self) if uapi_server_factory else None
+        if self.uapi is not None:
+            self.sel.register(self.uapi.listener, selectors.EVENT_READ, self._on_accept)
+
+    # --- configuration handlers (UAPI) -------------------------------------------------------
+
+    def bind_port(self, port: int) -> int:
+        old = self.bind.sockets()
+        for s in old:
+            self.sel.unregister(s)
+        try:
+            bound = self.bind.open(port, self.device.fwmark)
+        finally:
+            for s in self.bind.sockets():
+                self.sel.register(s, selectors.EVENT_READ, self._on_udp)
+        return bound
+
+    def uapi_get(self) -> str:
+        return uapi.format_get(configure.snapshot(self.device))
+
+    def uapi_set(self, req: uapi.SetRequest) -> None:
+        now = self.clock()
+        old_mark = self.device.fwmark
+        configure.apply_set(self.device, req, now=now, bind_port=self.bind_port)
+        if self.device.fwmark != old_mark:
+            with contextlib.suppress(OSError):
+                self.bind.set_fwmark(self.device.fwmark)
+        self._flush()
+
+    # --- event handlers ----------------------------------------------------------------------
+
+    def _on_wake(self, _fd: object) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_r.recv(4096)
+
+    def _on_accept(self, _fd: object) -> None:
+        assert self.uapi is not None
+        for conn in self.uapi.accept():
+            self.sel.register(conn, selectors.EVENT_READ, self._on_uapi_conn)
+
+    def _on_uapi_conn(self, sock: object) -> None:
+        assert self.uapi is not None and isinstance(sock, socket.socket)
+        fd = sock.fileno()
+        if not self.uapi.readable(fd):
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(sock)
+
+    def _on_tun(self, _fd: object) -> None:
+        read = self.tun.read
+        receive = self.device.receive_tun_packet
+        now = self.clock()
+        for _ in range(BATCH):
+            try:
+                packet = read()
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno in (errno.EINTR, errno.EAGAIN):
+                    break
+                self.stop(f"TUN read failed: {e.strerror}")
+                return
+            receive(packet, now=now)
+
+    def _on_udp(self, sock: object) -> None:
+        assert isinstance(sock, socket.socket)
+        recvfrom = sock.recvfrom
+        receive = self.device.receive_datagram
+        now = self.clock()
+        for _ in range(BATCH):
+            try:
+                data, addr = recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break  # ICMP errors reported on the socket: nothing to do
+            receive(data, (addr[0], addr[1]), now=now)
+
+    # --- output ------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        packets = self.device.tun_packets_to_write()
+        if packets:
+            write = self.tun.write
+            for p in packets:
+                try:
+                    write(p)
+                except OSError:
+                    self.tun_write_errors += 1
+        datagrams = self.device.datagrams_to_send()
+        if datagrams:
+            sendto = self.bind.sendto
+            for data, addr in datagrams:
+                try:
+                    sendto(data, addr)
+                except OSError:
+                    self.send_errors += 1
+
+    # --- loop --------------------------------------------------------------------------------
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Ask the loop to end (safe from a signal handler)."""
+        if not self.stopping:
+            self.exit_reason = reason
+        self.stopping = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda s, _f: self.stop(f"signal {signal.Signals(s).name}"))
+
+    def _housekeeping(self) -> None:
+        if self.uapi is not None and not self.uapi.still_ours():
+            self.stop("UAPI socket file removed")
+        if self._link_alive is not None and not self._link_alive():
+            self.stop("interface removed")
+
+    def run(self) -> str:
+        """Run until stopped; returns the reason. Closes everything it owns on the way out."""
+        if not self.bind.sockets():
+            self.bind_port(self.device.listen_port)
+            self.device.listen_port = self.bind.port
+        next_check = self.clock() + HOUSEKEEPING
+        try:
+            while not self.stopping:
+                now = self.clock()
+                deadline = self.device.get_timer()
+                limit = next_check
+                if deadline is not None and deadline < limit:
+                    limit = deadline
+                timeout = max(0.0, limit - now)
+                for key, _mask in self.sel.select(timeout):
+                    key.data(key.fileobj)
+                now = self.clock()
+                deadline = self.device.get_timer()
+                if deadline is not None and now >= deadline:
+                    self.device.handle_timer(now=max(deadline, now))
+                self._flush()
+                if now >= next_check:
+                    next_check = now + HOUSEKEEPING
+                    self._housekeeping()
+        finally:
+            self.close()
+        return self.exit_reason
+
+    def close(self) -> None:
+        self.device.down()
+        if self.uapi is not None:
+            self.uapi.shutdown()
+        self.bind.close()
+        with contextlib.suppress(Exception):
+            self.sel.close()
+        self._wake_r.close()
+        self._wake_w.close()
+        with contextlib.suppress(OSError):
+            self.tun.close()
+
+
+def interface_exists(name: str) -> bool:
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True

@@ -1,0 +1,125 @@
+"""``wgpy-userspace [-f|--foreground] IFACE``: a drop-in for wireguard-go's command line.
+
+It creates the TUN ``IFACE`` and the UAPI socket ``/var/run/wireguard/IFACE.sock``, then runs in
+the background (or in the foreground with ``-f`` or ``WG_PROCESS_FOREGROUND=1``). The parent
+returns only once both exist, so ``wg-quick`` can configure it right away:
+
+    WG_QUICK_USERSPACE_IMPLEMENTATION=wgpy-userspace wg-quick up ./wg0.conf
+
+``LOG_LEVEL`` is ``verbose``/``debug``, ``error`` or ``silent`` (default ``error``) as for
+wireguard-go; in the background, logs go to ``WGPY_LOG_FILE`` if set, else nowhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from typing import TextIO
+
+from tun.base import TunError
+from tun.linux import LinuxTun
+from wgpy.constants import DEFAULT_MTU
+from wgpy.device import Device
+from wgpy.errors import WgpyError
+from wgpy.io.loop import DeviceRunner, interface_exists
+from wgpy.io.uapi_server import SOCKET_DIR, UapiServer, listen, socket_path
+
+log = logging.getLogger("wgpy")
+
+_LEVELS = {
+    "verbose": logging.DEBUG,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "error": logging.ERROR,
+    "silent": logging.CRITICAL + 1,
+}
+
+
+def _setup_logging(stream: TextIO | None, ifname: str) -> None:
+    level = _LEVELS.get(os.environ.get("LOG_LEVEL", "error").lower(), logging.ERROR)
+    root = logging.getLogger()
+    root.handlers.clear()
+    handler: logging.Handler
+    log_file = os.environ.get("WGPY_LOG_FILE")
+    if log_file:
+        handler = logging.FileHandler(log_file)
+    elif stream is not None:
+        handler = logging.StreamHandler(stream)
+    else:
+        handler = logging.NullHandler()
+    handler.setFormatter(logging.Formatter(f"%(levelname)s: ({ifname}) %(asctime)s %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def _daemonize() -> None:
+    """Fork: the parent exits 0 (everything already exists); the child carries on detached."""
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="wgpy-userspace",
+        description="Userspace WireGuard interface (a drop-in for wireguard-go's command line).",
+    )
+    p.add_argument(
+        "-f", "--foreground", action="store_true", help="do not fork into the background"
+    )
+    p.add_argument("interface", help="interface name (at most 15 characters)")
+    p.add_argument("--socket-dir", default=SOCKET_DIR, help=argparse.SUPPRESS)
+    return p
+
+
+def run(ifname: str, *, foreground: bool, socket_dir: str = SOCKET_DIR) -> int:
+    if os.geteuid() != 0:
+        print("wgpy-userspace: must be run as root (it creates a TUN device)", file=sys.stderr)
+        return 1
+    try:
+        tun = LinuxTun(ifname, create_only=True, mtu=DEFAULT_MTU)
+    except TunError as e:
+        print(f"wgpy-userspace: {e}", file=sys.stderr)
+        return 1
+    path = socket_path(ifname, socket_dir)
+    try:
+        listener = listen(path)
+    except (WgpyError, OSError) as e:
+        tun.close()
+        print(f"wgpy-userspace: {e}", file=sys.stderr)
+        return 1
+    device = Device(wall_time_ns=time.time_ns)
+
+    def factory(r: DeviceRunner) -> UapiServer:
+        return UapiServer(listener, path, get=r.uapi_get, set_=r.uapi_set)
+
+    runner = DeviceRunner(
+        device, tun, uapi_server_factory=factory, link_alive=lambda: interface_exists(ifname)
+    )
+    if not foreground:
+        _daemonize()
+        _setup_logging(None, ifname)
+    else:
+        _setup_logging(sys.stderr, ifname)
+    runner.install_signal_handlers()
+    log.info("interface %s up (UAPI %s)", ifname, path)
+    reason = runner.run()
+    log.info("interface %s shutting down: %s", ifname, reason)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    foreground = args.foreground or os.environ.get("WG_PROCESS_FOREGROUND") == "1"
+    return run(args.interface, foreground=foreground, socket_dir=args.socket_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
