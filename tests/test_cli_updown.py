@@ -13,6 +13,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -439,6 +440,14 @@ def test_two_namespaces_ping_through_the_tunnel(env: Env, tmp_path: Path) -> Non
             assert ping.returncode == 0, ping.stdout + ping.stderr
             show = wgpy(nsa, env, "show", ifa, "latest-handshakes")
             assert int(show.stdout.split("\t")[1]) > 0  # a real handshake happened
+            for args in ((ifa,), (ifa, "dump")):
+                before = wg_show(nsa, env, *args)
+                ours = wgpy(nsa, env, "show", *args).stdout
+                after = wg_show(nsa, env, *args)
+                assert ours in {
+                    before.replace(to_base64(ka), "(hidden)"),
+                    after.replace(to_base64(ka), "(hidden)"),
+                }
             for ns_, name in ((nsa, ifa), (nsb, ifb)):
                 assert wgpy(ns_, env, "down", name).returncode == 0
                 assert not env.sock(name).exists()
@@ -447,6 +456,20 @@ def test_two_namespaces_ping_through_the_tunnel(env: Env, tmp_path: Path) -> Non
                 with contextlib.suppress(FileNotFoundError):
                     if not _answers(env.sock(name)):
                         env.sock(name).unlink()
+
+
+def wg_show(ns: str, env: Env, *args: str) -> str:
+    """The real ``wg show`` in ``ns``, reading ``env``'s socket directory as /var/run/wireguard."""
+    argv = ["wg", "show", *args]
+    if env.socket_dir != "/var/run/wireguard":
+        script = (
+            "mount -t tmpfs tmpfs /run && mkdir /run/wireguard"
+            ' && mount --bind "$0" /run/wireguard && exec "$@"'
+        )
+        argv = ["unshare", "-m", "sh", "-c", script, env.socket_dir, *argv]
+    r = run_in(ns, *argv)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
 
 
 def _answers(path: Path) -> bool:
@@ -461,6 +484,22 @@ def _answers(path: Path) -> bool:
         except OSError:
             return False
     return True
+
+
+def test_config_path_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from wgpy import quick
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "wgx1.conf").write_text("")
+    assert quick.config_path("wgx1.conf") == ("wgx1.conf", "wgx1")
+    assert quick.config_path(str(tmp_path / "wgx1.conf")) == (str(tmp_path / "wgx1.conf"), "wgx1")
+    with pytest.raises(
+        quick.QuickError, match=re.escape("`/etc/wireguard/wgnothere.conf' does not exist")
+    ):
+        quick.config_path("wgnothere")
+    assert quick.interface_name("/a/b/wg7.conf") == "wg7" == quick.interface_name("wg7")
+    with pytest.raises(quick.QuickError):
+        quick.interface_name("bad/name")
 
 
 def test_route_plan_unit() -> None:

@@ -70,8 +70,13 @@ def require_root() -> None:
 
 
 def config_path(arg: str) -> tuple[str, str]:
-    """``(path, interface name)`` for ``wgpy up ARG``, with wg-quick's naming rules."""
-    path = f"{CONFIG_DIR}/{arg}.conf" if _NAME.fullmatch(arg) else arg
+    """``(path, interface name)`` for ``wgpy up ARG``, with wg-quick's naming rules.
+
+    One deliberate difference: wg-quick reads ``wg0.conf`` as ``/etc/wireguard/wg0.conf.conf``;
+    here a bare argument already ending in ``.conf`` is taken as a path.
+    """
+    bare = _NAME.fullmatch(arg) and not arg.endswith(".conf")
+    path = f"{CONFIG_DIR}/{arg}.conf" if bare else arg
     if not os.path.exists(path):
         raise QuickError(f"`{path}' does not exist")
     m = _CONF.search(path)
