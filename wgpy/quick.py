@@ -227,8 +227,6 @@ def start_daemon(ifname: str, directory: str | None) -> None:
     if rc != 0:
         what = "did not start in time" if rc is None else f"exited with status {rc}"
         raise QuickError(f"{cmd[0]} {what}" + (f": {detail}" if detail else ""))
-    if not uapi_client.has_interface(ifname, directory):
-        raise QuickError(f"the daemon did not create {uapi_client.socket_path(ifname, directory)}")
 
 
 def wait_socket_gone(ifname: str, directory: str | None, timeout: float) -> bool:
@@ -334,11 +332,20 @@ def up(arg: str, *, directory: str | None = None) -> str:
         check_port_free(cfg.listen_port)
     start_daemon(ifname, directory)
     try:
+        if not uapi_client.has_interface(ifname, directory):
+            sock = uapi_client.socket_path(ifname, directory)
+            raise QuickError(f"the daemon did not create {sock}")
         _configure(ifname, cfg, request, routes, table=table, directory=directory)
-    except (WgpyError, OSError) as exc:
-        text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    except BaseException as exc:
+        # Whatever went wrong (pyroute2 errors included, even ^C), do not leave a half-set-up
+        # interface behind: deleting the link also makes the daemon exit.
         _say(f"ip link delete dev {ifname}")
         teardown(ifname, directory)
+        if not isinstance(exc, Exception):
+            raise
+        text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if not isinstance(exc, WgpyError | OSError):
+            text = f"{type(exc).__name__}: {text}"
         raise QuickError(f"configuring {ifname} failed: {text}") from None
     return ifname
 
