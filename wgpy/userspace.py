@@ -8,6 +8,7 @@ returns only once both exist, so ``wg-quick`` can configure it right away:
 
 ``LOG_LEVEL`` is ``verbose``/``debug``, ``error`` or ``silent`` (default ``error``) as for
 wireguard-go; in the background, logs go to ``WGPY_LOG_FILE`` if set, else nowhere.
+``WGPY_TUN_DEVICE`` names the TUN clone device (default ``/dev/net/tun``).
 """
 
 from __future__ import annotations
@@ -19,13 +20,7 @@ import sys
 import time
 from typing import TextIO
 
-from tun.base import TunError
-from tun.linux import LinuxTun
-from wgpy.constants import DEFAULT_MTU
-from wgpy.device import Device
-from wgpy.errors import WgpyError
-from wgpy.io.loop import DeviceRunner, interface_exists
-from wgpy.io.uapi_server import SOCKET_DIR, UapiServer, listen, socket_path
+SOCKET_DIR = "/var/run/wireguard"
 
 log = logging.getLogger("wgpy")
 
@@ -83,8 +78,22 @@ def run(ifname: str, *, foreground: bool, socket_dir: str = SOCKET_DIR) -> int:
     if os.geteuid() != 0:
         print("wgpy-userspace: must be run as root (it creates a TUN device)", file=sys.stderr)
         return 1
+    # imported after the root check: an unprivileged user may not even read site-packages
+    from tun.base import TunError
+    from tun.linux import LinuxTun
+    from wgpy.constants import DEFAULT_MTU
+    from wgpy.device import Device
+    from wgpy.errors import WgpyError
+    from wgpy.io.loop import DeviceRunner, interface_exists
+    from wgpy.io.uapi_server import UapiServer, listen, socket_path
+
     try:
-        tun = LinuxTun(ifname, create_only=True, mtu=DEFAULT_MTU)
+        tun = LinuxTun(
+            ifname,
+            create_only=True,
+            mtu=DEFAULT_MTU,
+            dev_path=os.environ.get("WGPY_TUN_DEVICE", "/dev/net/tun"),
+        )
     except TunError as e:
         print(f"wgpy-userspace: {e}", file=sys.stderr)
         return 1
