@@ -47,6 +47,7 @@ COMMANDS: list[Command] = [
     Command("show", "wgpy.show:main", "show interfaces as `wg show` does (keys hidden)"),
     Command("up", "wgpy.quick:up_main", "bring up an interface from a wg-quick config file"),
     Command("down", "wgpy.quick:down_main", "take down an interface brought up by `wgpy up`"),
+    Command("allowed-ips", "wgpy.allowedips_calc:main", "AllowedIPs as minimal CIDRs"),
 ]
 
 
