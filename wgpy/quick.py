@@ -241,7 +241,7 @@ def wait_socket_gone(ifname: str, directory: str | None, timeout: float) -> bool
 
 def teardown(ifname: str, directory: str | None) -> bool:
     """Delete the link (the daemon exits on that); True once its socket is gone too."""
-    from tun import netlink  # noqa: PLC0415 - see _configure
+    from tun import netlink
 
     netlink.delete_link(ifname)
     return wait_socket_gone(ifname, directory, SOCKET_GONE_TIMEOUT)
@@ -269,7 +269,7 @@ def _configure(
 ) -> None:
     # pyroute2 is imported only here, after the root check: a user without it (or without
     # access to it) gets "must be run as root", not an ImportError.
-    from tun import netlink  # noqa: PLC0415
+    from tun import netlink
 
     _say(f"wgpy set {ifname} (private key, {len(cfg.peers)} peer(s))")
     uapi_client.set_device(ifname, request, directory=directory)
