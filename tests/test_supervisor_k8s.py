@@ -99,7 +99,7 @@ def secret(text: str, ns: str = NS) -> dict[str, Any]:
             "metadata": {"name": "wireguard", "namespace": ns}, "stringData": {"tunnels": text}}
 
 
-def tunnel(vip: str, port: int, allowed: Sequence[str], endpoint: str = "10.99.0.1:51820",
+def tunnel(vip: str, port: int, allowed: Sequence[str], *, endpoint: str = "10.99.0.1:51820",
            key: str = KEY, peer: str = PUB) -> dict[str, Any]:
     return {"vip": vip, "privateKey": key, "peerPublicKey": peer, "peerEndpoint": endpoint,
             "listenPort": port, "allowedIPs": list(allowed)}
