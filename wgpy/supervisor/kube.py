@@ -25,6 +25,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +88,7 @@ class KubeSettings:
     http_host: str = "0.0.0.0"  # noqa: S104 (the kubelet probes the pod IP)
     http_port: int = 2112
     kubeconfig: str | None = None
+    clock_offset: float = 0.0  # WGPY_CLOCK_OFFSET: shifts TAI64N timestamps (tests only)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> KubeSettings:
@@ -119,6 +121,7 @@ class KubeSettings:
             "pod_cidr": env.get("pod_cidr") or None,
             "service_cidr": env.get("service_cidr") or None,
             "kubeconfig": env.get("k8s_config_file") or None,
+            "clock_offset": _float(env.get("WGPY_CLOCK_OFFSET"), 0.0, "WGPY_CLOCK_OFFSET"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -191,10 +194,18 @@ class KubeWiring:
 ManagerFactory = Callable[..., Any]
 
 
-def _default_manager(identity: str, *, elector_factory: Any) -> Any:
-    from wgpy.supervisor.manager import Supervisor
+def _default_manager(settings: KubeSettings) -> ManagerFactory:
+    def build(identity: str, *, elector_factory: Any) -> Any:
+        from wgpy.supervisor.manager import Supervisor
 
-    return Supervisor(identity, elector_factory=elector_factory)
+        offset = int(settings.clock_offset * 1_000_000_000)
+        if offset:
+            log.warning("TAI64N clock offset %+.3f s (WGPY_CLOCK_OFFSET): testing only",
+                        settings.clock_offset)
+        return Supervisor(identity, elector_factory=elector_factory,
+                          wall_time_ns=lambda: time.time_ns() + offset)
+
+    return build
 
 
 async def run_kubernetes_mode(settings: KubeSettings,
@@ -219,7 +230,7 @@ async def run_kubernetes_mode(settings: KubeSettings,
 
     services = ServiceController(api, _Sink(), settings.service_options())
     wiring = KubeWiring(settings, api, services, recorder)
-    manager = (manager_factory or _default_manager)(settings.identity,
+    manager = (manager_factory or _default_manager(settings))(settings.identity,
                                                     elector_factory=wiring.elector_factory)
     manager_box.append(manager)
 
