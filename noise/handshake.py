@@ -115,12 +115,8 @@ class Handshake:
         self.preshared_key = preshared_key or crypto.ZERO_KEY
         self.precomputed_static_static: bytes | None = None
         self.state = State.ZEROED
-        self.chaining_key = b""
-        self.hash = b""
-        self.local_ephemeral = b""
-        self.remote_ephemeral = b""
-        self.local_index = 0
-        self.remote_index = 0
+        self.chaining_key = self.hash = self.local_ephemeral = self.remote_ephemeral = b""
+        self.local_index = self.remote_index = 0
         self.last_timestamp = tai64n.ZERO
         self.last_initiation_consumed: float | None = None
 

@@ -10,32 +10,28 @@ import base64
 import binascii
 import secrets
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
+from noise.crypto import clamp, generate_private_key, public_key
 from wgpy.errors import ConfigError
+
+__all__ = [
+    "HIDDEN",
+    "KEY_SIZE",
+    "clamp",
+    "generate_preshared_key",
+    "generate_private_key",
+    "parse_base64_key",
+    "parse_hex_key",
+    "public_key",
+    "short",
+    "to_base64",
+]
 
 KEY_SIZE = 32
 HIDDEN = "(hidden)"
 
 
-def clamp(key: bytes) -> bytes:
-    """Clamp a Curve25519 private key as ``wg genkey`` does."""
-    b = bytearray(key)
-    b[0] &= 248
-    b[31] = (b[31] & 127) | 64
-    return bytes(b)
-
-
-def generate_private_key() -> bytes:
-    return clamp(secrets.token_bytes(KEY_SIZE))
-
-
 def generate_preshared_key() -> bytes:
     return secrets.token_bytes(KEY_SIZE)
-
-
-def public_key(private: bytes) -> bytes:
-    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
 
 
 def parse_base64_key(text: str, what: str = "key") -> bytes:
