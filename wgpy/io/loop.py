@@ -2,7 +2,9 @@
 
 One thread, one ``selectors`` loop (epoll): TUN readable → ``receive_tun_packet`` for every
 packet queued; UDP readable → ``receive_datagram`` for every datagram queued; UAPI → get/set;
-then the outputs are flushed and one timer is re-armed at ``device.get_timer()``. Once a
+then the outputs are flushed and one timer is re-armed at ``device.get_timer()``. Unless
+``fast_path=False`` (or ``WGPY_FASTPATH=0``), TUN and UDP reads go through
+:class:`~wgpy.io.fastpath.FastPath`: batched, in place, UDP GSO/GRO. Once a
 second it checks that the TUN and the UAPI socket file still exist, and exits when either is
 gone (``ip link del``, ``wg-quick down``), as wireguard-go does.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import selectors
 import signal
 import socket
@@ -21,6 +24,7 @@ from collections.abc import Callable
 from tun.base import TunDevice
 from wgpy import configure, uapi
 from wgpy.device import Device
+from wgpy.io.fastpath import FastPath, enable_gro
 from wgpy.io.uapi_server import UapiServer
 from wgpy.io.udp import UdpBind
 
@@ -41,11 +45,15 @@ class DeviceRunner:
         uapi_server_factory: Callable[[DeviceRunner], UapiServer] | None = None,
         clock: Callable[[], float] = time.monotonic,
         link_alive: Callable[[], bool] | None = None,
+        fast_path: bool | None = None,
     ) -> None:
         self.device = device
         self.tun = tun
         self.clock = clock
         self.bind = UdpBind()
+        if fast_path is None:
+            fast_path = os.environ.get("WGPY_FASTPATH", "1") != "0"
+        self.fast = FastPath(device, tun, self.bind, clock=clock) if fast_path else None
         self.sel = selectors.DefaultSelector()
         self.stopping = False
         self.exit_reason = ""
@@ -69,6 +77,9 @@ class DeviceRunner:
             self.sel.unregister(s)
         try:
             bound = self.bind.open(port, self.device.fwmark)
+            if self.fast is not None:  # GRO only where the reader splits coalesced buffers
+                for s in self.bind.sockets():
+                    enable_gro(s)
         finally:
             for s in self.bind.sockets():
                 self.sel.register(s, selectors.EVENT_READ, self._on_udp)
@@ -105,6 +116,11 @@ class DeviceRunner:
                 self.sel.unregister(sock)
 
     def _on_tun(self, _fd: object) -> None:
+        if self.fast is not None:
+            error = self.fast.on_tun()
+            if error is not None:
+                self.stop(error)
+            return
         read = self.tun.read
         receive = self.device.receive_tun_packet
         now = self.clock()
@@ -122,6 +138,9 @@ class DeviceRunner:
 
     def _on_udp(self, sock: object) -> None:
         assert isinstance(sock, socket.socket)
+        if self.fast is not None:
+            self.fast.on_udp(sock)
+            return
         recvfrom = sock.recvfrom
         receive = self.device.receive_datagram
         now = self.clock()

@@ -13,7 +13,8 @@ SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 
 
-def _buffers(sock: socket.socket) -> None:
+def set_buffers(sock: socket.socket) -> None:
+    """Ask for 7 MiB socket buffers (the FORCE options as root, else up to rmem_max)."""
     for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
         try:
             sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
@@ -60,7 +61,7 @@ class UdpBind:
             if s is None:
                 continue
             s.setblocking(False)
-            _buffers(s)
+            set_buffers(s)
             if fwmark:
                 with contextlib.suppress(OSError):
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, fwmark)

@@ -1,0 +1,253 @@
+"""The batched in-place fast path (wgpy.io.fastpath) against the sans-IO Device it shortcuts.
+
+Two devices on real UDP sockets on 127.0.0.1 with in-memory TUNs: whatever the fast path
+sends must open with the ordinary Device path and the other way round, with the same drops,
+counters and timers as the per-packet path.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from noise import crypto
+from tests.pair import A_TUN, B_TUN, ipv4
+from tun.memory import MemoryTun
+from wgpy import messages
+from wgpy.device import Device
+from wgpy.io.fastpath import BATCH, FastPath, enable_gro
+from wgpy.io.udp import UdpBind, set_buffers
+from wgpy.peer import Peer
+
+LOCAL = "127.0.0.1"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Side:
+    dev: Device
+    tun: MemoryTun
+    bind: UdpBind
+    fast: FastPath
+    peer: Peer  # the other side, as this side's peer
+
+    def drain(self, sock: socket.socket | None = None) -> None:
+        """Let the fast path take everything queued on the UDP socket."""
+        s = sock or self.bind.v4
+        assert s is not None
+        while select.select([s], [], [], 0.05)[0]:
+            self.fast.on_udp(s)
+
+
+@pytest.fixture
+def sides() -> Iterator[tuple[Side, Side, Clock]]:
+    clock = Clock()
+    keys = [crypto.generate_private_key() for _ in range(2)]
+    made: list[Side] = []
+    for i in range(2):
+        dev = Device(wall_time_ns=lambda: 1_700_000_000 * 10**9 + int(clock.now * 1e9))
+        dev.set_private_key(keys[i], now=clock.now)
+        bind = UdpBind()
+        bind.open(0)
+        assert bind.v4 is not None
+        enable_gro(bind.v4)
+        tun = MemoryTun(f"fp{i}")
+        made.append(Side(dev, tun, bind, FastPath(dev, tun, bind, clock=clock), None))  # type: ignore[arg-type]
+    a, b = made
+    for me, other, own_ip, other_ip, key in (
+        (a, b, A_TUN, B_TUN, keys[1]),
+        (b, a, B_TUN, A_TUN, keys[0]),
+    ):
+        del own_ip
+        me.peer = me.dev.add_peer(crypto.public_key(key), now=clock.now)
+        me.dev.set_allowed_ips(me.peer, [f"{other_ip}/32"])
+        me.dev.set_endpoint(me.peer, (LOCAL, other.bind.port))
+    try:
+        yield a, b, clock
+    finally:
+        for s in made:
+            s.bind.close()
+            s.tun.close()
+
+
+def handshake(a: Side, b: Side) -> None:
+    """A sends one packet: initiation, response, then the staged packet confirms the session."""
+    a.tun.inject(ipv4(A_TUN, B_TUN, b"hello"))
+    assert a.fast.on_tun() is None
+    b.drain()  # initiation -> response
+    a.drain()  # response -> staged packet
+    b.drain()  # the packet confirms B's `next` session
+    assert b.tun.take() == [ipv4(A_TUN, B_TUN, b"hello")]
+    assert a.peer.current is not None and b.peer.current is not None
+
+
+def raw_receiver() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    set_buffers(s)  # room for a whole batch at once
+    s.bind((LOCAL, 0))
+    return s
+
+
+def recv_all(s: socket.socket) -> list[bytes]:
+    out = []
+    while select.select([s], [], [], 0.05)[0]:
+        out.append(s.recv(65535))
+    return out
+
+
+def test_end_to_end_handshake_and_data_both_ways(sides: tuple[Side, Side, Clock]) -> None:
+    a, b, _ = sides
+    handshake(a, b)
+    to_b = [ipv4(A_TUN, B_TUN, bytes([i]) * (1 + i * 11), ident=i) for i in range(100)]
+    a.tun.inject_many(to_b)
+    assert a.fast.on_tun() is None
+    b.drain()
+    assert b.tun.take() == to_b  # in order, trimmed of padding
+    to_a = [ipv4(B_TUN, A_TUN, b"r" * 1392, ident=i) for i in range(50)]
+    b.tun.inject_many(to_a)
+    b.fast.on_tun()
+    a.drain()
+    assert a.tun.take() == to_a
+    assert a.dev.drops == {} and b.dev.drops == {}
+    # byte counters as the ordinary path keeps them: datagram sizes, both ends agree
+    assert a.peer.tx_bytes == b.peer.rx_bytes > 0
+    assert b.peer.tx_bytes == a.peer.rx_bytes > 0
+
+
+def test_sealed_datagrams_open_with_the_ordinary_path(sides: tuple[Side, Side, Clock]) -> None:
+    a, b, clock = sides
+    handshake(a, b)
+    kp = a.peer.current
+    assert kp is not None
+    first = kp.send_counter
+    sink = raw_receiver()
+    try:
+        a.dev.set_endpoint(a.peer, (LOCAL, sink.getsockname()[1]))
+        packets = [ipv4(A_TUN, B_TUN, bytes(1400 - 20)) for _ in range(BATCH)]
+        packets += [ipv4(A_TUN, B_TUN, b"x" * 7), ipv4(A_TUN, B_TUN, bytes(1400 - 20))]
+        a.tun.inject_many(packets)
+        a.fast.on_tun()
+        a.fast.on_tun()
+        got = recv_all(sink)
+    finally:
+        sink.close()
+    # a plain receiver sees separate datagrams even where GSO sent runs in one sendmsg
+    assert len(got) == len(packets)
+    counters = [messages.parse_transport_header(d) for d in got]
+    assert counters == [(kp.remote_index, first + i) for i in range(len(packets))]
+    for d in got:
+        # padded to 16 bytes as wireguard-go: 27-byte packet -> 32-byte plaintext
+        assert (len(d) - 32) % 16 == 0 or len(d) - 32 == a.dev.mtu
+        b.dev.receive_datagram(d, (LOCAL, a.bind.port), now=clock.now)
+    assert b.dev.tun_packets_to_write() == packets
+    assert b.dev.drops == {}
+
+
+def test_replays_forgeries_and_spoofed_sources_are_dropped(
+    sides: tuple[Side, Side, Clock],
+) -> None:
+    a, b, clock = sides
+    handshake(a, b)
+    a.dev.receive_tun_packet(ipv4(A_TUN, B_TUN, b"one"), now=clock.now)
+    a.dev.receive_tun_packet(ipv4(A_TUN, "10.99.0.77", b"x"), now=clock.now)  # no route
+    ((d1, _),) = a.dev.datagrams_to_send()
+    tampered = bytearray(d1)
+    tampered[-1] ^= 1
+    # a packet from an address B does not route to A: sealed by A's real session
+    kp = a.peer.current
+    assert kp is not None
+    spoof_plain = ipv4("10.99.0.99", B_TUN, b"spoof")
+    spoof = messages.TRANSPORT_HEADER.pack(4, kp.remote_index, kp.send_counter) + kp.send.seal(
+        kp.send_counter, spoof_plain + bytes(-len(spoof_plain) % 16)
+    )
+    kp.send_counter += 1
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for d in (bytes(tampered), d1, d1, spoof):
+            tx.sendto(d, (LOCAL, b.bind.port))
+        b.drain()
+    finally:
+        tx.close()
+    assert b.tun.take() == [ipv4(A_TUN, B_TUN, b"one")]
+    assert b.dev.drops["decryption_failed"] == 1
+    assert b.dev.drops["replayed"] == 1
+    assert b.dev.drops["disallowed_source"] == 1
+
+
+def test_per_batch_timers_and_roaming(sides: tuple[Side, Side, Clock]) -> None:
+    a, b, clock = sides
+    handshake(a, b)
+    clock.now += 1.0
+    b.peer.send_keepalive_at = None
+    b.peer.need_another_keepalive = False
+    a.peer.new_handshake_at = None
+    a.tun.inject_many([ipv4(A_TUN, B_TUN, b"t%d" % i) for i in range(3)])
+    a.fast.on_tun()
+    # data sent: expect a reply within KEEPALIVE + REKEY_TIMEOUT (+ jitter < 0.334)
+    assert a.peer.new_handshake_at is not None
+    assert clock.now + 15.0 <= a.peer.new_handshake_at < clock.now + 15.334
+    other = UdpBind()
+    other.open(0)
+    try:
+        assert other.v4 is not None
+        # A roams: its data now leaves from another port; B must follow it
+        a.bind.v4, other.v4 = other.v4, a.bind.v4
+        a.tun.inject(ipv4(A_TUN, B_TUN, b"moved"))
+        a.fast.on_tun()
+        b.drain()
+        roamed_port = a.bind.v4.getsockname()[1]
+        a.bind.v4, other.v4 = other.v4, a.bind.v4
+    finally:
+        other.close()
+    assert len(b.tun.take()) == 4
+    assert b.peer.endpoint == (LOCAL, roamed_port)
+    # data received: a keepalive is due in KEEPALIVE_TIMEOUT, and another one after that
+    assert b.peer.send_keepalive_at == clock.now + 10.0
+    assert b.peer.need_another_keepalive
+    assert b.peer.new_handshake_at is None
+
+
+def test_no_session_and_aged_session_take_the_ordinary_path(
+    sides: tuple[Side, Side, Clock],
+) -> None:
+    a, b, clock = sides
+    handshake(a, b)
+    kp = a.peer.current
+    assert kp is not None and kp.is_initiator
+    assert a.dev.sendable_keypair(a.peer, now=clock.now, count=BATCH) is kp
+    clock.now += 121.0  # past REKEY_AFTER_TIME: sending must start a new handshake
+    assert a.dev.sendable_keypair(a.peer, now=clock.now, count=BATCH) is None
+    sent_before = a.peer.last_sent_handshake
+    a.tun.inject(ipv4(A_TUN, B_TUN, b"old"))
+    a.fast.on_tun()
+    assert a.peer.last_sent_handshake == clock.now > sent_before
+    b.drain()
+    a.drain()
+    b.drain()
+    assert ipv4(A_TUN, B_TUN, b"old") in b.tun.take()
+    assert a.peer.current is not kp  # rekeyed
+    assert a.dev.handshakes_completed == 2
+
+
+def test_gro_buffers_are_split_into_datagrams(sides: tuple[Side, Side, Clock]) -> None:
+    """Several same-size datagrams sent with one GSO sendmsg arrive and open one by one."""
+    a, b, _ = sides
+    handshake(a, b)
+    packets = [ipv4(A_TUN, B_TUN, struct.pack("!I", i) * 300) for i in range(60)]
+    a.tun.inject_many(packets)
+    a.fast.on_tun()
+    assert a.fast.gso  # the kernel took the UDP_SEGMENT sends
+    b.drain()
+    assert b.tun.take() == packets

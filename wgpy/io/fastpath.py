@@ -1,0 +1,364 @@
+"""The data-plane fast path: transport data sealed and opened in place, in batches.
+
+The sans-IO :class:`~wgpy.device.Device` handles one packet per call and returns new ``bytes``
+for each; at a Gbit/s that bookkeeping costs more than the crypto (docs/benchmarks.md). This
+layer moves the common case — a data packet on an established session — without it:
+
+* **TUN → UDP** (:meth:`FastPath.on_tun`): up to ``BATCH`` packets are read straight into an
+  arena at 16 bytes of head-room, padded, given their header and sealed *in place*
+  (``encrypt_into``); consecutive same-size datagrams to one endpoint form a run sent with one
+  ``sendmsg`` carrying a ``UDP_SEGMENT`` cmsg (UDP GSO), at most ``GSO_MAX_SEGMENTS`` per run.
+* **UDP → TUN** (:meth:`FastPath.on_udp`): ``recvmsg_into`` one buffer; with ``UDP_GRO`` the
+  kernel hands several datagrams of one flow at once, split by the cmsg's segment size. Each is
+  opened in place (``decrypt_into``), replay-checked *after* authentication, source-checked and
+  written to the TUN from the same buffer.
+
+Timers, endpoint and byte counters are updated once per batch and peer through
+``Device.sent_batch`` / ``Device.received_batch``. Anything else — handshake messages, a first
+packet on a ``next`` session, no or ageing session, staged packets — goes to the ordinary
+``Device`` methods, whose outputs are sent before the fast path carries on, so per-peer order
+is kept. Nonces come from ``kp.send_counter`` in read order; the replay window is the Device's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+import struct
+import sys
+from collections.abc import Callable
+
+from tun.base import TunDevice
+from wgpy import messages
+from wgpy.device import Device
+from wgpy.io.udp import UdpBind
+from wgpy.keypair import Keypair
+from wgpy.peer import Endpoint, Peer
+
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+
+BATCH = 128  # packets per wake-up and source (wireguard-go IdealBatchSize)
+GSO_MAX_SEGMENTS = 64  # the kernel takes 128; wireguard-go stops at 64
+GSO_MAX_BYTES = 65000  # one GSO send is one IP packet: ≤ 65535 with headers
+MAX_PACKET = 65535  # the largest IP packet a TUN read can return
+HEADROOM = messages.TRANSPORT_HEADER_SIZE
+TAG = messages.TAG_SIZE
+ARENA = 4 * (MAX_PACKET + 64)
+RX_BUFFER = 65536 + 64
+
+_HEADER = messages.TRANSPORT_HEADER
+_SEGMENT = struct.Struct("=H")
+_ZEROS = bytes(16)
+_CMSG_SPACE = socket.CMSG_SPACE(4)
+padding_size = messages.padding_size
+_TRANSPORT = messages.MESSAGE_TRANSPORT
+_KEEPALIVE = messages.MESSAGE_KEEPALIVE_SIZE
+
+
+class _Received:
+    """Per batch and peer: authenticated bytes, data packets written, last source address."""
+
+    __slots__ = ("addr", "nbytes", "packets")
+
+    def __init__(self, addr: Endpoint) -> None:
+        self.addr = addr
+        self.nbytes = 0
+        self.packets = 0
+
+
+class FastPath:
+    """Batched in-place data plane for one ``Device``, its TUN and its UDP bind.
+
+    ``send_errors`` / ``tun_write_errors`` count datagrams and packets the OS refused (dropped,
+    as the ordinary path does). ``gso`` turns off by itself when the kernel refuses a GSO send.
+    """
+
+    def __init__(
+        self, device: Device, tun: TunDevice, bind: UdpBind, *, clock: Callable[[], float]
+    ) -> None:
+        self.device = device
+        self.tun = tun
+        self.bind = bind
+        self.clock = clock
+        self.gso = True
+        self.send_errors = 0
+        self.tun_write_errors = 0
+        self._tx = bytearray(ARENA)
+        self._txv = memoryview(self._tx)
+        self._rx = bytearray(RX_BUFFER)
+        self._rxv = memoryview(self._rx)
+        # the GSO run being built in the arena: [start, end) of datagrams of `seg` bytes each
+        self._run_start = 0
+        self._run_end = 0
+        self._run_seg = 0
+        self._run_n = 0
+        self._run_addr: Endpoint | None = None
+
+    # --- sending -------------------------------------------------------------------------------
+
+    def _socket_for(self, addr: Endpoint) -> socket.socket | None:
+        return self.bind.v6 if ":" in addr[0] else self.bind.v4
+
+    def _send_run(self) -> None:
+        """Send the pending run (one GSO ``sendmsg`` or one ``sendto``) and forget it."""
+        n, addr = self._run_n, self._run_addr
+        if n == 0 or addr is None:
+            return
+        data = self._txv[self._run_start : self._run_end]
+        seg = self._run_seg
+        self._run_n = 0
+        self._run_addr = None
+        sock = self._socket_for(addr)
+        if sock is None:
+            self.send_errors += n
+            return
+        try:
+            if n == 1:
+                sock.sendto(data, addr)
+            elif self.gso:
+                sock.sendmsg([data], [(SOL_UDP, UDP_SEGMENT, _SEGMENT.pack(seg))], 0, addr)
+            else:
+                for off in range(0, len(data), seg):
+                    sock.sendto(data[off : off + seg], addr)
+        except OSError as e:
+            if n > 1 and self.gso and e.errno in (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP):
+                # no checksum offload on the route (wireguard-go: EIO ⇒ disable GSO): retry
+                self.gso = False
+                self._run_n, self._run_addr = n, addr
+                self._send_run()
+                return
+            self.send_errors += n
+
+    def _add_to_run(self, start: int, length: int, addr: Endpoint) -> None:
+        """Append the datagram at ``arena[start:start+length]`` (right after the run) to it."""
+        if self._run_n:
+            seg = self._run_seg
+            if (
+                addr == self._run_addr
+                and start == self._run_end
+                and length <= seg
+                and self._run_n < GSO_MAX_SEGMENTS
+                and self._run_end - self._run_start + length <= GSO_MAX_BYTES
+            ):
+                self._run_end = start + length
+                self._run_n += 1
+                if length < seg:  # a shorter datagram may only end a run
+                    self._send_run()
+                return
+            self._send_run()
+        self._run_start, self._run_end = start, start + length
+        self._run_seg, self._run_n, self._run_addr = length, 1, addr
+
+    def send_device_output(self) -> None:
+        """Send what the Device queued (handshakes, slow-path data) after the pending run."""
+        self._send_run()
+        datagrams = self.device.datagrams_to_send()
+        if not datagrams:
+            return
+        for data, addr in datagrams:
+            sock = self._socket_for(addr)
+            try:
+                if sock is None:
+                    raise OSError(errno.EAFNOSUPPORT, "no socket for this address family")
+                sock.sendto(data, addr)
+            except OSError:
+                self.send_errors += 1
+
+    def on_tun(self) -> str | None:
+        """Read, seal and send up to ``BATCH`` TUN packets. Returns an error text if the TUN
+        failed (the loop then stops), else None."""
+        dev = self.device
+        now = self.clock()
+        read_into = self.tun.read_into
+        lookup = dev.allowed_ips.lookup
+        buf, view = self._tx, self._txv
+        mtu = dev.mtu
+        pack_into = _HEADER.pack_into
+        limit = len(buf) - MAX_PACKET - HEADROOM - TAG - 16
+        # per batch: the peer and keypair of the previous packet, and each peer's totals
+        last_peer: Peer | None = None
+        kp: Keypair | None = None
+        seal_into = None
+        endpoint: Endpoint | None = None
+        sent: dict[Peer, list[int]] = {}  # peer -> [bytes, data packets]
+        off = 0
+        error: str | None = None
+        for _ in range(BATCH):
+            if off > limit:
+                self._send_run()
+                off = 0
+            body = off + HEADROOM
+            try:
+                n = read_into(view[body : body + MAX_PACKET])
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno in (errno.EINTR, errno.EAGAIN):
+                    break
+                error = f"TUN read failed: {e.strerror}"
+                break
+            version = buf[body] >> 4 if n else 0
+            if version == 4 and n >= 20:
+                peer = lookup(buf[body + 16 : body + 20])
+            elif version == 6 and n >= 40:
+                peer = lookup(buf[body + 24 : body + 40])
+            else:
+                dev.drops["malformed_outbound"] += 1
+                continue
+            if peer is None:
+                dev.drops["no_route"] += 1
+                continue
+            if peer is not last_peer:
+                last_peer = peer
+                kp = dev.sendable_keypair(peer, now=now, count=BATCH)
+                seal_into = kp.send.seal_into if kp is not None else None
+                endpoint = peer.endpoint
+            if kp is None or seal_into is None or endpoint is None:
+                # the ordinary path: it stages, handshakes or renews as the protocol says
+                self._send_run()
+                self._commit_sent(sent, now)
+                dev.receive_tun_packet(bytes(view[body : body + n]), now=now)
+                self.send_device_output()
+                last_peer = None  # its state may have changed
+                continue
+            # messages.padding_size, inlined for the common case
+            pad = min((n + 15) & ~15, mtu) - n if n < mtu else padding_size(n, mtu)
+            if pad:
+                buf[body + n : body + n + pad] = _ZEROS[:pad]
+                n += pad
+            counter = kp.send_counter
+            kp.send_counter = counter + 1
+            pack_into(buf, off, _TRANSPORT, kp.remote_index, counter)
+            seal_into(counter, view[body : body + n], view[body : body + n + TAG])
+            length = n + HEADROOM + TAG
+            totals = sent.get(peer)
+            if totals is None:
+                sent[peer] = [length, 1]
+            else:
+                totals[0] += length
+                totals[1] += 1
+            self._add_to_run(off, length, endpoint)
+            off += length
+        self._send_run()
+        self._commit_sent(sent, now)
+        return error
+
+    def _commit_sent(self, sent: dict[Peer, list[int]], now: float) -> None:
+        for peer, (nbytes, count) in sent.items():
+            self.device.sent_batch(peer, nbytes, now=now, data=count > 0)
+        sent.clear()
+
+    # --- receiving -----------------------------------------------------------------------------
+
+    def on_udp(self, sock: socket.socket) -> None:
+        """Receive, open and write to the TUN up to ``BATCH`` UDP reads' worth of datagrams."""
+        dev = self.device
+        now = self.clock()
+        buf, view = self._rx, self._rxv
+        recvmsg_into = sock.recvmsg_into
+        unpack_from = _HEADER.unpack_from
+        receivable = dev.receivable_keypair
+        lookup = dev.allowed_ips.lookup
+        write = self.tun.write
+        drops = dev.drops
+        # per batch: receiver index -> (peer, keypair); peer -> [bytes, data packets, addr]
+        sessions: dict[int, tuple[Peer, Keypair] | None] = {}
+        got: dict[Peer, _Received] = {}
+        for _ in range(BATCH):
+            try:
+                total, ancdata, _flags, raw_addr = recvmsg_into([view], _CMSG_SPACE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break  # ICMP errors reported on the socket: nothing to do
+            addr: Endpoint = (raw_addr[0], raw_addr[1])
+            seg = total
+            for level, kind, data in ancdata:
+                if level == SOL_UDP and kind == UDP_GRO:
+                    seg = int.from_bytes(data, sys.byteorder) or total
+            for start in range(0, total, seg):
+                end = min(start + seg, total)
+                if end - start < _KEEPALIVE or buf[start] != _TRANSPORT:
+                    self._slow_datagram(got, now, view[start:end], addr)
+                    sessions.clear()  # a handshake may have changed the index table
+                    continue
+                _t, receiver, counter = unpack_from(buf, start)
+                if receiver in sessions:
+                    session = sessions[receiver]
+                else:
+                    session = sessions[receiver] = receivable(receiver, now=now)
+                if session is None or _t != _TRANSPORT:
+                    self._slow_datagram(got, now, view[start:end], addr)
+                    sessions.clear()  # e.g. a `next` session was confirmed
+                    continue
+                peer, kp = session
+                body = start + HEADROOM
+                if not kp.receive.open_into(counter, view[body:end], view[body : end - TAG]):
+                    drops["decryption_failed"] += 1
+                    continue
+                if not kp.replay.validate(counter):
+                    drops["replayed"] += 1
+                    continue
+                totals = got.get(peer)
+                if totals is None:
+                    totals = got[peer] = _Received(addr)
+                totals.nbytes += end - start
+                totals.addr = addr
+                size = end - TAG - body
+                if size == 0:
+                    continue  # keepalive
+                version = buf[body] >> 4
+                if version == 4 and size >= 20:
+                    length = (buf[body + 2] << 8) | buf[body + 3]
+                    src = buf[body + 12 : body + 16]
+                    ok = 20 <= length <= size
+                elif version == 6 and size >= 40:
+                    length = 40 + ((buf[body + 4] << 8) | buf[body + 5])
+                    src = buf[body + 8 : body + 24]
+                    ok = length <= size
+                else:
+                    ok = False
+                if not ok:
+                    drops["malformed_inner_packet"] += 1
+                    continue
+                if lookup(src) is not peer:
+                    drops["disallowed_source"] += 1
+                    continue
+                try:
+                    write(view[body : body + length])
+                except OSError:
+                    self.tun_write_errors += 1
+                totals.packets += 1
+        self._commit_received(got, now)
+
+    def _commit_received(self, got: dict[Peer, _Received], now: float) -> None:
+        for peer, r in got.items():
+            self.device.received_batch(peer, r.addr, r.nbytes, now=now, data_packets=r.packets)
+        got.clear()
+
+    def _slow_datagram(
+        self, got: dict[Peer, _Received], now: float, data: memoryview, addr: Endpoint
+    ) -> None:
+        """Hand one datagram to ``Device.receive_datagram`` after committing the batch so far,
+        then write and send what it produced."""
+        self._commit_received(got, now)
+        dev = self.device
+        dev.receive_datagram(bytes(data), addr, now=now)
+        packets = dev.tun_packets_to_write()
+        for p in packets:
+            try:
+                self.tun.write(p)
+            except OSError:
+                self.tun_write_errors += 1
+        self.send_device_output()
+
+
+def enable_gro(sock: socket.socket) -> bool:
+    """Ask the kernel for coalesced receives (``UDP_GRO``); False where unsupported."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+        return True
+    return False
