@@ -62,6 +62,7 @@ class Target:
         self.address: Address = ("127.0.0.1", TARGET_PORT)
         self.tunnel_ip = TARGET_TUNNEL_IP
         self.mtu = TARGET_MTU
+        self.private_key: bytes | None = None  # known when the harness configured the key
         self._peers: set[bytes] = set()
 
     # --- subclass hooks -------------------------------------------------------------------------
@@ -277,6 +278,7 @@ class NamespaceTarget:
         else:
             target._set([f"private_key={private.hex()}", f"listen_port={TARGET_PORT}"])
         target.public_key = crypto.public_key(private)
+        target.private_key = private
         target.name = self.name
         self.instance.address(f"{TARGET_TUNNEL_IP}/24")
         self.instance.up(TARGET_MTU)
