@@ -338,7 +338,7 @@ class ScriptedPeer:
                 and (sender_index is None or m.receiver_index == sender_index)
             )
 
-        return self.consume_response(self.expect(wanted, timeout, what="a handshake response"))
+        return self.consume_response(self.expect(wanted, timeout, what="handshake response"))
 
     def handshake(self, timeout: float = 1.0, **overrides: object) -> Session:
         """``send_initiation(**overrides)`` then ``expect_response()``: a complete handshake."""
@@ -374,7 +374,7 @@ class ScriptedPeer:
         return self.expect(
             lambda r: r.kind == KIND_INITIATION and r.initiator_static is not None,
             timeout,
-            what="a handshake initiation",
+            what="handshake initiation",
         )
 
     def build_response(
@@ -607,12 +607,11 @@ class ScriptedPeer:
         """Receive until ``predicate`` holds (others dropped); else :class:`HarnessTimeout`."""
         deadline = self.clock() + timeout
         while True:
-            left = deadline - self.clock()
-            if left <= 0:
-                raise HarnessTimeout(f"no {what} within {timeout:.1f}s")
-            r = self.recv(left)
+            r = self.recv(max(deadline - self.clock(), 0.0))  # polls once even at timeout 0
             if r is not None and predicate(r):
                 return r
+            if r is None and self.clock() >= deadline:
+                raise HarnessTimeout(f"no {what} within {timeout:.1f}s")
 
     def expect_data(
         self, timeout: float = 1.0, predicate: Callable[[Received], bool] | None = None
