@@ -94,6 +94,60 @@ def udp_client(host: str, port: int, count: int) -> None:
     print(json.dumps({"echoed": len(got)}), flush=True)
 
 
+def flood(target: str, port: int, pub_b64: str, seconds: float, sources: str) -> None:
+    """Initiations with a valid mac1 (computable from the public key alone) from many sources.
+
+    ``sources`` is a comma list of local addresses to send from. Counts cookie replies.
+    """
+    import base64
+    import selectors
+
+    pub = base64.b64decode(pub_b64)
+    mac1_key = hashlib.blake2s(b"mac1----" + pub).digest()
+    socks = []
+    for src in sources.split(","):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((src, 0))
+        s.setblocking(False)
+        socks.append(s)
+    sel = selectors.DefaultSelector()
+    for s in socks:
+        sel.register(s, selectors.EVENT_READ)
+    sent = cookies = other = 0
+    body = bytearray(os.urandom(148))
+    body[0:4] = b"\x01\x00\x00\x00"
+    t0 = time.monotonic()
+    end = t0 + seconds
+    i = 0
+    while time.monotonic() < end:
+        for s in socks:
+            body[4:8] = i.to_bytes(4, "little")
+            body[8:40] = os.urandom(32)
+            body[116:132] = hashlib.blake2s(
+                bytes(body[:116]), key=mac1_key, digest_size=16
+            ).digest()
+            try:
+                s.sendto(body, (target, port))
+                sent += 1
+            except BlockingIOError:
+                pass
+            i += 1
+        for key, _ in sel.select(0):
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            while True:
+                try:
+                    data = sock.recv(2048)
+                except BlockingIOError:
+                    break
+                if data[:4] == b"\x03\x00\x00\x00" and len(data) == 64:
+                    cookies += 1
+                else:
+                    other += 1
+    dt = time.monotonic() - t0
+    print(json.dumps({"sent": sent, "seconds": dt, "cookie_replies": cookies, "other": other}))
+
+
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
     if mode == "tcp-sink":
@@ -104,5 +158,7 @@ if __name__ == "__main__":
         udp_echo(args[0], int(args[1]), int(args[2]))
     elif mode == "udp-client":
         udp_client(args[0], int(args[1]), int(args[2]))
+    elif mode == "flood":
+        flood(args[0], int(args[1]), args[2], float(args[3]), args[4])
     else:
         raise SystemExit(f"unknown mode {mode}")
