@@ -125,7 +125,7 @@ def steps(s: Settings) -> list[Step]:
                     partial(iperf, seconds=s.seconds, udp_rate=rate, reverse=rev),
                 )
             )
-    out += list(EXTRA_WORKLOADS.items())
+    out += [(name, partial(fn, seconds=s.seconds)) for name, fn in EXTRA_WORKLOADS.items()]
     return out
 
 

@@ -12,9 +12,10 @@ import json
 import math
 import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from wgpy import testbed as tb
 
@@ -213,8 +214,13 @@ def ping_rtt(t: Target, *, count: int, interval: float) -> dict[str, float]:
     }
 
 
-# A hook for workloads that need more than two namespaces and iperf3: each entry gets the
-# Target and returns figures (or None when it cannot run there). The handshake-rate workload
-# (benchmarks.handshakes) registers itself here.
-ExtraWorkload = Callable[[Target], dict[str, float] | None]
+class ExtraWorkload(Protocol):
+    """A workload beyond iperf3/ping: figures for `target`, or None when it cannot run there.
+
+    `seconds` is the harness's per-test duration (short in quick mode)."""
+
+    def __call__(self, target: Target, *, seconds: float) -> dict[str, float] | None: ...
+
+
+# The handshake-rate workload (benchmarks.handshakes) registers itself here.
 EXTRA_WORKLOADS: dict[str, ExtraWorkload] = {}

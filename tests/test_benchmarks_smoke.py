@@ -13,9 +13,14 @@ from typing import Any
 import pytest
 
 from benchmarks import report
+from benchmarks.handshakes import build_initiations
+from benchmarks.profile import summarize
 from benchmarks.run import parse_impl, plan_cases
 from benchmarks.workloads import WorkloadError, parse_iperf, parse_ping, parse_rate, percentile
+from noise import crypto
+from wgpy import messages
 from wgpy import testbed as tb
+from wgpy.device import Device
 
 REPO = Path(__file__).resolve().parent.parent
 TOOLS = ("ip", "nsenter", "setpriv", "wg", "ping", "iperf3", "ss", "wireguard-go")
@@ -91,6 +96,34 @@ def test_results_markdown_and_skips() -> None:
     assert "- wgpy: error: x" in md and "- handshakes: later" in md
 
 
+def test_profile_summary_counts_self_and_total() -> None:
+    raw = "run (a.py:1);loop (a.py:5);write (t.py:9) 6\nrun (a.py:1);loop (a.py:5) 2\nbad\n"
+    lines = summarize(raw, 5)
+    assert lines[0].startswith("8 samples")
+    assert lines[1].split() == ["75.0", "75.0", "write", "(t.py:9)"]
+    assert lines[2].split() == ["25.0", "100.0", "loop", "(a.py:5)"]
+    assert summarize("", 5) == ["no samples"]
+
+
+def test_precomputed_initiations_are_accepted_by_a_responder() -> None:
+    """Every precomputed initiation, in send order, completes a handshake on a Device."""
+    responder = Device(wall_time_ns=lambda: 1_700_000_000 * 10**9)
+    responder.set_private_key(crypto.generate_private_key(), now=0.0)
+    assert responder.public_key is not None
+    keys = [crypto.generate_private_key() for _ in range(3)]
+    for k in keys:
+        responder.add_peer(crypto.public_key(k), now=0.0)
+    todo = build_initiations(keys, responder.public_key, budget_s=10.0, max_count=6)
+    assert len(todo) == 6 and len({i for i, _m, _mac in todo}) == 6
+    for n, (index, msg, _mac1) in enumerate(todo):
+        # one round of all peers per 25 ms: slower than the 20 ms per-peer flood limit
+        responder.receive_datagram(msg, ("192.0.2.9", 1000 + n), now=1.0 + n * 0.025 / 3)
+        ((reply, _addr),) = responder.datagrams_to_send()
+        parsed = messages.parse_response(reply)
+        assert parsed is not None and parsed.receiver_index == index
+    assert responder.drops == {}
+
+
 def test_cli_parsing_and_case_plan() -> None:
     assert parse_impl("wgpy=python3 -m wgpy.userspace") == (
         "wgpy",
@@ -124,14 +157,16 @@ def test_quick_benchmark_wireguard_go(tmp_path: Path) -> None:
             "benchmarks.run",
             "--quick",
             "--only",
-            "wireguard-go,kernel",
+            "wireguard-go,kernel,wgpy",
+            "--impl",
+            f"wgpy={sys.executable} -m wgpy.userspace",
             "--out",
             str(tmp_path),
         ],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=240,
         check=False,
     )
     assert res.returncode == 0, res.stderr
@@ -156,6 +191,15 @@ def test_quick_benchmark_wireguard_go(tmp_path: Path) -> None:
     assert m["tcp1_fwd_cpu_s_per_gb"]["median"] > 0
     assert m["rss_load_a_kib"]["median"] >= m["rss_idle_a_kib"]["median"] > 1000
     assert doc["meta"]["wireguard_go"].startswith("wireguard-go")
+    assert m["handshakes_per_s"]["median"] > 50  # a responder completes handshakes
+    wgpy = doc["cases"]["wgpy"]
+    assert wgpy["status"] == "ok" and wgpy["errors"] == [], wgpy.get("errors")
+    w = wgpy["metrics"]
+    for k in ("tcp1_fwd_mbps", "tcp4_rev_mbps", "udp100M_fwd_mbps", "handshakes_per_s"):
+        assert w[k]["median"] > 0, k
+        assert w[k]["ratio_vs_wireguard_go"] > 0, k  # paired with the same run's baseline
+    assert w["rss_idle_a_kib"]["median"] > 1000
+    assert "handshakes" not in doc["hooks"]  # measured, so no "not measured" note
     kernel = doc["cases"]["kernel"]
     assert kernel["status"] in ("ok", "skipped")
     if kernel["status"] == "skipped":
