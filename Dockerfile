@@ -31,8 +31,8 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links /wheels wgpy
-# Root on purpose. The supervisor opens /dev/net/tun (TUNSETIFF), configures addresses,
-# routes and rules over netlink and sets SO_MARK on its UDP socket: all need CAP_NET_ADMIN.
+# Root on purpose. The supervisor opens /dev/net/tun (TUNSETIFF) and sets the VIP, link state
+# and routes over netlink in the pod's network namespace: all need CAP_NET_ADMIN.
 # Kubernetes cannot give a non-root process an ambient capability, so a non-root user would
 # hold NET_ADMIN only in its bounding set, not in its effective set. deploy/daemonset.yaml
 # therefore runs as UID 0 with every capability dropped except NET_ADMIN, no privilege
