@@ -393,3 +393,28 @@ def test_example_keys_are_obviously_fake() -> None:
             assert spec[field].startswith("EXAMPLE0"), field
     text = (DEPLOY / EXAMPLE_SECRET).read_text()
     assert "EXAMPLE ONLY" in text.splitlines()[0]
+
+
+# -- the operator guide stays aligned with what ships --------------------------------------------
+
+
+def test_operator_guide_lists_exactly_the_exported_metrics() -> None:
+    from wgpy.supervisor import metrics
+    from wgpy.supervisor.model import SupervisorStatus
+
+    exported = {f.name for f in metrics.families(SupervisorStatus("n"), now_unix=0.0)}
+    guide = (ROOT / "docs" / "operator-guide.md").read_text()
+    table = guide[guide.index("| Metric | Type |"):guide.index("Suggested alerts")]
+    documented = set(re.findall(r"`(wgpy_[a-z_]+)`", table))
+    assert documented == exported
+
+
+def test_operator_guide_quotes_the_manifests() -> None:
+    guide = (ROOT / "docs" / "operator-guide.md").read_text()
+    for name, value in (("vip_leaseduration", "15"), ("vip_renewdeadline", "10"),
+                        ("vip_retryperiod", "2"), ("vip_leasename", "plndr-cp-lock")):
+        assert env()[name]["value"] == value and f"`{name}={value}`" in guide
+    sysctls = [s["name"] for s in pod()["securityContext"]["sysctls"]]
+    kubelet = guide[guide.index("allowedUnsafeSysctls:"):]
+    assert all(f'"{s}"' in kubelet.split("```")[0] for s in sysctls)
+    assert f"--allowed-unsafe-sysctls={','.join(sysctls)}" in guide
