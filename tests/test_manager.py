@@ -155,6 +155,8 @@ class FakeRuntime:
         self.alive = False
         self.last_timestamp_sent = tai64n.ZERO
         self.floor: bytes | None = None
+        self.handshakes = 0
+        self.attempts = 0
 
     def start(self, timestamp_floor: bytes) -> None:
         if self.tunnel.name in self.fail:
@@ -169,7 +171,13 @@ class FakeRuntime:
         self.log.append(f"stop {self.tunnel.name}")
 
     def status(self) -> TunnelStatus:
-        return TunnelStatus(name=self.tunnel.name, vip=str(self.tunnel.vip), up=self.alive)
+        return TunnelStatus(
+            name=self.tunnel.name,
+            vip=str(self.tunnel.vip),
+            up=self.alive,
+            handshakes=self.handshakes,
+            handshake_failures=self.attempts,
+        )
 
 
 class Harness:
@@ -612,3 +620,25 @@ def test_rules_for_unknown_tunnel_are_kept_for_later(key: str) -> None:
                 assert await ask("127.0.0.7", 7000) == "x"
 
     run(main)
+
+
+def test_a_stalled_handshake_is_reported_once(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        h = Harness()
+        async with running(h):
+            await h.sup.apply_tunnels({"wg0": tunnel("wg0", "127.0.0.5/32")})
+            await h.lead()
+            await wait_until(lambda: h.sup.running == ["wg0"])
+            rt = h.runtimes["wg0"][0]
+            rt.attempts = 2
+            await asyncio.sleep(0.15)
+            assert "handshake stalled" not in caplog.text
+            rt.attempts = 3
+            await wait_until(lambda: "handshake stalled" in caplog.text)
+            await asyncio.sleep(0.15)
+            assert caplog.text.count("handshake stalled") == 1
+            rt.handshakes, rt.attempts = 1, 0
+            await wait_until(lambda: "handshake completed" in caplog.text)
+
+    with caplog.at_level("INFO", logger="wgpy.supervisor.manager"):
+        run(main)

@@ -18,11 +18,11 @@ from typing import IO, Any
 
 import pytest
 
-from tests.support import interop
+from tests.support import needs_root
+from wgpy.errors import ConfigError
+from wgpy.supervisor import main as sup_main
 from wgpy.supervisor.locallock import read_sidecar
 from wgpy.topology import CLIENT_NETS, Topology, VpnTunnel, client_ip, tunnels_yaml
-
-pytestmark = interop
 
 FORWARD = [
     {"port": 6443, "protocol": "TCP", "target": "127.0.0.1:7443"},
@@ -125,6 +125,8 @@ def start_leader_and_follower(
     wait_for(lambda: "new leader node-a" in sc.log("b"), 10, "node-b to follow")
 
 
+@pytest.mark.interop
+@needs_root
 def test_traffic_via_leader_kill9_failover_and_graceful_handover(scenario: Scenario) -> None:
     sc = scenario
     start_leader_and_follower(sc)
@@ -160,6 +162,8 @@ def test_traffic_via_leader_kill9_failover_and_graceful_handover(scenario: Scena
     assert sc.topo.udp_request(sc.wg0.vip, 53) == "node-a"
 
 
+@pytest.mark.interop
+@needs_root
 def test_tunnels_file_edits_are_reconciled(scenario: Scenario) -> None:
     sc = scenario
     wg0 = sc.wg0
@@ -197,6 +201,8 @@ def test_tunnels_file_edits_are_reconciled(scenario: Scenario) -> None:
     assert sc.log("a").count("brought up WireGuard tunnel wg0") == 2  # restarted once (allowedIPs)
 
 
+@pytest.mark.interop
+@needs_root
 def test_new_leader_with_clock_behind_still_connects(scenario: Scenario) -> None:
     """b's clock is 30 s behind a's: b's own TAI64N would be rejected by the VPN node for
     ~30 s; the floor a left in the lock's sidecar makes b's first initiation newer."""
@@ -210,6 +216,8 @@ def test_new_leader_with_clock_behind_still_connects(scenario: Scenario) -> None
     assert took < 3.0
 
 
+@pytest.mark.interop
+@needs_root
 def test_without_the_floor_a_clock_behind_is_locked_out(scenario: Scenario) -> None:
     """The control for the test above: the same takeover with the stored floor removed stalls
     (the VPN node silently drops b's initiations), which is what the floor prevents."""
@@ -228,3 +236,71 @@ def test_without_the_floor_a_clock_behind_is_locked_out(scenario: Scenario) -> N
     time.sleep(3.0)
     assert sc.topo.tcp_request(sc.wg0.vip, 6443, timeout=0.5) is None
     assert sc.wg0.peer_endpoint() == f"{sc.topo.node_ips['a']}:{sc.wg0.port}"  # never roamed
+
+
+# --- the command line (no namespaces needed) -------------------------------------------------
+
+
+def _settings(argv: list[str], env: dict[str, str]) -> sup_main.Settings:
+    return sup_main.resolve(sup_main.build_parser("wgpy supervisor").parse_args(argv), env)
+
+
+def test_kube_vip_environment_and_flag_precedence() -> None:
+    env = {
+        "vip_nodename": "Node-A",
+        "vip_leasename": "plndr-cp-lock",
+        "vip_leaseduration": "15",
+        "vip_renewdeadline": "10",
+        "vip_retryperiod": "2",
+        "cp_namespace": "kube-system",
+        "POD_NAMESPACE": "wgpy",
+        "svc_enable": "false",
+        "address": "10.0.0.1",
+    }
+    s = _settings([], env)
+    assert s.node_name == "node-a"  # lower-cased as kube-vip does
+    assert (s.lease_namespace, s.lease_name) == ("wgpy", "plndr-cp-lock")  # pod namespace
+    assert s.secret_namespace == "kube-system"  # cp_namespace overrides the pod's
+    assert (s.lease_duration, s.renew_deadline, s.retry_period) == (15, 10, 2)
+    assert s.cp_enable and not s.svc_enable
+    assert s.vip_address == "10.0.0.1"  # `address` accepted too (kube-vip bug B2)
+    assert s.lock_file == sup_main.DEFAULT_LOCK_FILE
+    s = _settings(["--retry-period", "0.5", "--node-name", "x", "--lease-name", "ns/l"], env)
+    assert (s.retry_period, s.node_name, s.lease_namespace, s.lease_name) == (0.5, "x", "ns", "l")
+    s = _settings([], {"POD_NAMESPACE": "p"})
+    assert s.secret_namespace == "p"  # not kube-system (B11)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"vip_retryperiod": "soon"}, "vip_retryperiod"),
+        ({"vip_leaseduration": "-1"}, "positive"),
+        ({"cp_enable": "yes"}, "cp_enable"),
+        ({"WGPY_CLOCK_OFFSET": "behind"}, "WGPY_CLOCK_OFFSET"),
+    ],
+)
+def test_bad_environment_is_a_clear_error(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _settings([], env)
+
+
+def test_clock_offset_shifts_only_the_tai64n_clock() -> None:
+    s = _settings([], {"WGPY_CLOCK_OFFSET": "-30"})
+    shifted = s.wall_time_ns()()
+    assert abs((time.time_ns() - shifted) / 1e9 - 30) < 1
+    assert _settings([], {}).wall_time_ns() is time.time_ns
+
+
+def test_bad_tunnels_file_exits_non_zero_with_the_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "t.yaml"
+    bad.write_text("wg0:\n  vip: 10.0.0.1\n")
+    assert sup_main.main(["--tunnels-file", str(bad), "--lock-file", str(tmp_path / "l")]) == 2
+    missing = tmp_path / "none.yaml"
+    assert sup_main.main(["--tunnels-file", str(missing), "--lock-file", str(tmp_path / "l")]) == 2
+    text = capsys.readouterr().err
+    assert 'tunnel wg0: missing required field "privateKey"' in text
+    assert "cannot read" in text
+    assert not (tmp_path / "l").exists()  # never ran for leadership

@@ -63,6 +63,7 @@ FLOOR_AHEAD = 10.0  # seconds a persisted bound runs ahead of what the device ma
 FLOOR_CHECK = 1.0  # how often the bound is compared with the device's newest timestamp
 RETRY_FAILED = 5.0  # a tunnel whose bring-up failed is retried after this many seconds
 RESTART_DELAY = 1.0  # pause before running for leadership again after losing it
+STALL_ATTEMPTS = 3  # handshake retries (5 s apart) before a stall is reported
 _NS = 1_000_000_000
 
 T = TypeVar("T")
@@ -166,6 +167,7 @@ class _Live:
     forwarders: dict[tuple[int, str], Forwarder] = field(default_factory=dict)
     rules: dict[tuple[int, str], ForwardRule] = field(default_factory=dict)
     bound: bytes = tai64n.ZERO
+    stall_reported: bool = False
 
 
 def _core(t: Tunnel) -> Tunnel:
@@ -317,6 +319,7 @@ class Supervisor:
         while True:
             await asyncio.sleep(self.floor_check)
             self._refresh_floors()
+            self._report_stalls()
             if self._needs_repair():
                 await self._reconcile()
 
@@ -475,6 +478,23 @@ class Supervisor:
                 bound=live.bound, last_sent=last, wall_ns=wall, ahead=self.floor_ahead
             ):
                 self._persist_bound(live)
+
+    def _report_stalls(self) -> None:
+        """kubernetes.md §6 mitigation 3: say so when the handshake does not complete."""
+        for live in self._running.values():
+            st = live.runtime.status()
+            if st.handshakes == 0 and st.handshake_failures >= STALL_ATTEMPTS:
+                if not live.stall_reported:
+                    live.stall_reported = True
+                    log.warning(
+                        "tunnel %s: handshake stalled after %d attempts (possible clock skew, "
+                        "or the VPN node is unreachable)",
+                        live.tunnel.name,
+                        st.handshake_failures,
+                    )
+            elif st.handshakes and live.stall_reported:
+                live.stall_reported = False
+                log.info("tunnel %s: handshake completed", live.tunnel.name)
 
     # -- run / stop / status -----------------------------------------------------------------
 
