@@ -14,14 +14,20 @@ import asyncio
 import contextlib
 import re
 import socket
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from noise import tai64n
-from tests.fakeapi import FakeApiServer, parse_field_selector
+from tests.fakeapi import KINDS, FakeApiServer, parse_field_selector
+from tests.support import needs_root
 from wgpy.supervisor.kube import KubeSettings, run_kubernetes_mode
 from wgpy.supervisor.manager import Supervisor
 from wgpy.supervisor.model import ForwardStats, Target, TunnelStatus
@@ -75,8 +81,6 @@ class RbacFakeApi(FakeApiServer):
         self.url = f"http://{host}:{port}"
         return self.url
 
-
-from tests.fakeapi import KINDS  # noqa: E402
 
 _SECRET_KIND = KINDS["secrets"]
 
@@ -265,9 +269,280 @@ def test_settings_from_env_kube_vip_names() -> None:
     s2 = KubeSettings.from_env({"vip_nodename": "n1", "POD_NAMESPACE": "wg",
                                 "cp_namespace": "kube-system"})
     assert s2.cp_namespace == "kube-system" and s2.lease_namespace == "wg"
-    import pytest
-
     from wgpy.errors import ConfigError
     with pytest.raises(ConfigError, match="cp_enable"):
         KubeSettings.from_env({"cp_enable": "yes"})
     assert re.match(r"^[a-z0-9.-]+$", KubeSettings.from_env({}).identity)
+
+
+# -- part 2: end to end in network namespaces ----------------------------------------------------
+#
+#   client 10.252.0.2 ── 10.252.0.1 VPN (wireguard-go wg0 :51820, wg1 :51821; lo 10.251.9.1)
+#                                   │ 10.251.1.0/24        │ 10.251.2.0/24
+#                               node A (wgpy supervisor)  node B (wgpy supervisor, clock -60 s)
+#                                   │ 10.250.1.0/24        │ 10.250.2.0/24
+#                         api: fake API server, "API server" TCP :6443, UDP "pod" :5353
+#                              (all on lo 10.250.9.1)
+#
+# The VPN node routes the VIPs (10.200.0.1, 10.200.1.1) into its tunnels; whichever node leads
+# holds them. Replies name the node that forwarded (its underlay source address).
+
+
+API_IP, VPN_IP, VIP0, VIP1 = "10.250.9.1", "10.251.9.1", "10.200.0.1", "10.200.1.1"
+CLIENT_NET = "10.252.0.0/24"
+UNDERLAY = {"a": "10.250.1.2", "b": "10.250.2.2"}
+
+
+def in_ns(ns: str, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` in a fresh thread switched into namespace ``ns``; return its result."""
+    from tun.netlink import in_netns
+    out: list[Any] = []
+    err: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            with in_netns(ns):
+                out.append(fn())
+        except BaseException as e:
+            err.append(e)
+    t = threading.Thread(target=body)
+    t.start()
+    t.join(30)
+    if err:
+        raise err[0]
+    return out[0]
+
+
+def serve_tcp(sock: socket.socket) -> None:
+    """The API-server stand-in: answers ``cp <peer address>`` to each connection."""
+    def loop() -> None:
+        while True:
+            try:
+                c, addr = sock.accept()
+            except OSError:
+                return
+            with c:
+                c.settimeout(2)
+                with contextlib.suppress(OSError):
+                    c.recv(100)
+                    c.sendall(f"cp {addr[0]}".encode())
+    threading.Thread(target=loop, daemon=True).start()
+
+
+def serve_udp(sock: socket.socket) -> None:
+    def loop() -> None:
+        while True:
+            try:
+                data, addr = sock.recvfrom(2048)
+                sock.sendto(b"udp " + addr[0].encode() + b" " + data, addr)
+            except OSError:
+                return
+    threading.Thread(target=loop, daemon=True).start()
+
+
+def tcp_ask(client: str, vip: str, port: int = 6443, timeout: float = 1.0) -> str | None:
+    def go() -> str | None:
+        try:
+            with socket.create_connection((vip, port), timeout=timeout) as s:
+                s.settimeout(timeout)
+                s.sendall(b"hi")
+                return s.recv(100).decode() or None
+        except OSError:
+            return None
+    result: str | None = in_ns(client, go)
+    return result
+
+
+def udp_ask(client: str, vip: str, port: int = 53, timeout: float = 1.0) -> str | None:
+    def go() -> str | None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(timeout)
+            try:
+                s.sendto(b"q", (vip, port))
+                data, addr = s.recvfrom(2048)
+            except OSError:
+                return None
+            return data.decode() if addr == (vip, port) else None
+    result: str | None = in_ns(client, go)
+    return result
+
+
+def http_get(path: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:2112{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def served_by(answer: str | None) -> str | None:
+    if answer is None:
+        return None
+    src = answer.split()[1]
+    return next((n for n, ip in UNDERLAY.items() if ip == src), "?")
+
+
+def poll(cond: Callable[[], Any], timeout: float, step: float = 0.2) -> Any:
+    end = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > end:
+            return v
+        time.sleep(step)
+
+
+@pytest.mark.interop
+@needs_root
+def test_end_to_end_failover_secret_edits_clock_behind(tmp_path: Path) -> None:
+    from tests.fakeapi import write_kubeconfig
+    from wgpy import testbed
+    from wgpy.testbed import Namespace, PeerConf, WgInstance, veth
+
+    keys = {n: testbed.genkey() for n in ("c0", "c1", "v0", "v1")}
+    pubs = {n: testbed.pubkey(k) for n, k in keys.items()}
+
+    def wg_tunnel(vip: str, port: int, allowed: Sequence[str], c: str, v: str) -> dict[str, Any]:
+        return tunnel(f"{vip}/32", port, allowed, endpoint=f"{VPN_IP}:{port}",
+                      key=keys[c], peer=pubs[v])
+
+    wg0 = wg_tunnel(VIP0, 51820, [CLIENT_NET], "c0", "v0")
+    wg1 = wg_tunnel(VIP1, 51821, ["10.252.1.0/24"], "c1", "v1")
+    srv: RbacFakeApi | None = None
+    nodes: dict[str, subprocess.Popen[Any]] = {}
+    with contextlib.ExitStack() as stack:
+        api, vpn, client, na, nb = (stack.enter_context(Namespace()) for _ in range(5))
+        node_ns = {"a": na, "b": nb}
+        veth(api, na, "10.250.1.1/24", "10.250.1.2/24")
+        veth(api, nb, "10.250.2.1/24", "10.250.2.2/24")
+        veth(vpn, na, "10.251.1.1/24", "10.251.1.2/24")
+        veth(vpn, nb, "10.251.2.1/24", "10.251.2.2/24")
+        api.ip("addr", "add", f"{API_IP}/32", "dev", "lo")
+        vpn.ip("addr", "add", f"{VPN_IP}/32", "dev", "lo")
+        # the client has one source address per tunnel (AllowedIPs may not overlap)
+        cv = veth(vpn, client, "10.252.0.1/24", "10.252.0.2/24")
+        vpn.ip("addr", "add", "10.252.1.1/24", "dev", cv.name_a)
+        client.ip("addr", "add", "10.252.1.2/24", "dev", cv.name_b)
+        client.ip("route", "add", "10.200.0.0/24", "via", "10.252.0.1", "src", "10.252.0.2")
+        client.ip("route", "add", "10.200.1.0/24", "via", "10.252.1.1", "src", "10.252.1.2")
+        for n, i in (("a", 1), ("b", 2)):
+            node_ns[n].ip("route", "add", "10.250.9.0/24", "via", f"10.250.{i}.1")
+            node_ns[n].ip("route", "add", "10.251.9.0/24", "via", f"10.251.{i}.1")
+        vpn.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        # the VPN node: one wireguard-go per tunnel, the VIP routed into it
+        for iface, port, c, v, net in (("wg0", 51820, "c0", "v0", "10.200.0.0/24"),
+                                       ("wg1", 51821, "c1", "v1", "10.200.1.0/24")):
+            inst = stack.enter_context(WgInstance(vpn, iface=iface))
+            inst.set_conf(keys[v], listen_port=port,
+                          peers=[PeerConf(pubs[c], allowed_ips=(net.replace(".0/24", ".1/32"),))])
+            inst.up()
+            vpn.ip("route", "add", net, "dev", iface)
+        # services in the api namespace: fake API server, API-server stand-in, UDP pod
+        def listeners() -> tuple[socket.socket, socket.socket, socket.socket]:
+            s_api = socket.create_server(("0.0.0.0", 0))
+            s_cp = socket.create_server((API_IP, 6443))
+            s_udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s_udp.bind((API_IP, 5353))
+            return s_api, s_cp, s_udp
+        s_api, s_cp, s_udp = in_ns(api.name, listeners)
+        for s in (s_api, s_cp, s_udp):
+            stack.callback(s.close)
+        serve_tcp(s_cp)
+        serve_udp(s_udp)
+        srv = RbacFakeApi(sock=s_api, bookmark_interval=1)
+        srv.start_in_thread()
+        stack.callback(srv.stop)
+        url = f"http://{API_IP}:{s_api.getsockname()[1]}"
+        deploy_rbac(srv)
+        srv.seed(secret(tunnels_yaml({"wg0": wg0})))
+        srv.seed(lb_service("dns", VIP0, [(53, "UDP", 5353)]))
+        srv.seed(slice_("dns", [API_IP], [("p53", 5353, "UDP")]))
+        srv.seed(slice_("kubernetes", [API_IP], [("https", 6443, "TCP")]))
+        kc = write_kubeconfig(tmp_path / "kubeconfig", url)
+
+        def start(n: str, offset: float = 0.0) -> None:
+            env = {"KUBECONFIG": str(kc), "vip_nodename": f"node-{n}",
+                   "POD_NAMESPACE": NS, "vip_leaseduration": "3", "vip_renewdeadline": "2",
+                   "vip_retryperiod": "0.5", "cp_enable": "true", "svc_enable": "true",
+                   "WGPY_CLOCK_OFFSET": str(offset), "PYTHONPATH": str(ROOT)}
+            log = (tmp_path / f"node-{n}.log").open("ab")
+            stack.callback(log.close)
+            nodes[n] = node_ns[n].popen(
+                [sys.executable, "-m", "wgpy.cli", "supervisor", "--http-port", "2112"],
+                env=env, stdout=log, stderr=subprocess.STDOUT)
+
+        def holder() -> str:
+            lease = srv.get("leases", NS, "plndr-cp-lock") if srv else None
+            return str((lease or {}).get("spec", {}).get("holderIdentity") or "")
+
+        def logs() -> str:
+            return "\n".join(testbed.redact(p.read_text()) for p in tmp_path.glob("node-*.log"))
+
+        try:
+            start("a")
+            assert poll(lambda: holder() == "node-a", 15), logs()
+            start("b", offset=-60.0)       # B's clock is a minute behind A's
+            ans = poll(lambda: tcp_ask(client.name, VIP0), 15)
+            assert served_by(ans) == "a", (ans, logs())
+            assert served_by(poll(lambda: udp_ask(client.name, VIP0), 10)) == "a", logs()
+            assert poll(lambda: "ingress" in str(srv.get("services", "default", "dns")), 5)
+
+            # Secret edits, each checked by traffic
+            srv.seed(secret(tunnels_yaml({"wg0": wg0, "wg1": wg1})))
+            assert served_by(poll(lambda: tcp_ask(client.name, VIP1), 15)) == "a", logs()
+            srv.seed(secret(tunnels_yaml({"wg0": dict(wg0, allowedIPs=["10.254.0.0/24"]),
+                                          "wg1": wg1})))
+            assert poll(lambda: tcp_ask(client.name, VIP0) is None, 10), "allowedIPs ignored"
+            assert tcp_ask(client.name, VIP1) is not None   # the other tunnel undisturbed
+            srv.seed(secret(tunnels_yaml({"wg0": wg0})))     # restore wg0, delete wg1
+            assert served_by(poll(lambda: tcp_ask(client.name, VIP0), 15)) == "a", logs()
+            assert poll(lambda: tcp_ask(client.name, VIP1, timeout=0.5) is None, 10)
+            srv.seed(secret("wg0: [unclosed\n"))            # invalid YAML: nothing changes
+            assert poll(lambda: any(e["reason"] == "InvalidConfig" for e in events(srv)), 10)
+            assert served_by(tcp_ask(client.name, VIP0)) == "a"
+            srv.seed(secret(tunnels_yaml({"wg0": wg0})))
+            # the leader's and the follower's /metrics and /readyz, from inside their pods
+            met_a, ready_a = in_ns(na.name, lambda: (http_get("/metrics"), http_get("/readyz")))
+            met_b, ready_b = in_ns(nb.name, lambda: (http_get("/metrics"), http_get("/readyz")))
+            assert ready_a[0] == ready_b[0] == 200, (ready_a, ready_b)
+            assert 'wgpy_leader{identity="node-a"} 1' in met_a[1]
+            assert 'wgpy_leader{identity="node-b"} 0' in met_b[1]
+            assert re.search(r"wgpy_config_rejections_total [1-9]", met_a[1]), met_a[1]
+            conns = re.search(r'wgpy_forwarded_connections_total\{tunnel="wg0",vip="10.200.0.1/32",'
+                              r'port="6443",protocol="TCP"\} (\d+)', met_a[1])
+            assert conns is not None and int(conns.group(1)) >= 2, met_a[1]  # since restart
+            assert keys["c0"] not in met_a[1] + met_b[1]
+
+            # kill -9 the leader: B (clock behind) takes over, traffic follows
+            t0 = time.monotonic()
+            nodes["a"].kill()
+            ans = poll(lambda: tcp_ask(client.name, VIP0, timeout=0.5), 20, step=0.1)
+            crash_failover = time.monotonic() - t0
+            assert served_by(ans) == "b", (ans, logs())
+            assert served_by(poll(lambda: udp_ask(client.name, VIP0), 10)) == "b", logs()
+            print(f"\nfailover after kill -9: {crash_failover:.2f} s (lease 3 s, retry 0.5 s)")
+
+            # graceful stop of B hands over to a restarted A within about the retry period
+            nodes["a"].wait(5)
+            start("a")
+            time.sleep(2.0)                # A is up and a candidate
+            assert holder() == "node-b"
+            t0 = time.monotonic()
+            nodes["b"].terminate()
+            ans = poll(lambda: tcp_ask(client.name, VIP0, timeout=0.5), 15, step=0.1)
+            graceful = time.monotonic() - t0
+            assert served_by(ans) == "a", (ans, logs())
+            assert nodes["b"].wait(10) == 0, logs()
+            print(f"handover after graceful stop: {graceful:.2f} s")
+            assert graceful < crash_failover + 1.0 and graceful < 5.0, logs()
+            assert [r for r in srv.responses if r[2] == 403] == [], "refused under RBAC"
+            assert "PRIVATE KEY" not in logs() and keys["c0"] not in logs()
+        finally:
+            for p in nodes.values():
+                with contextlib.suppress(Exception):
+                    if p.poll() is None:
+                        p.kill()
+                        p.wait(5)
