@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -285,57 +284,3 @@ async def run_kubernetes_mode(settings: KubeSettings,
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(sig)
     return status
-
-
-# -- logging -----------------------------------------------------------------------------------
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line (``--log-format json``); messages redacted like Events."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
-               "level": record.levelname.lower(), "logger": record.name,
-               "msg": redact(record.getMessage())}
-        if record.exc_info:
-            out["exc"] = redact(self.formatException(record.exc_info))
-        return json.dumps(out)
-
-
-class RedactingFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
-
-
-def setup_logging(fmt: str = "text", level: int = logging.INFO) -> None:
-    """Root logging as ``text`` or ``json`` on stderr."""
-    handler = logging.StreamHandler()
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    elif fmt == "text":
-        handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    else:
-        raise ConfigError(f"--log-format must be text or json, got {fmt!r}")
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m wgpy.supervisor.kube [--http-port N] [--log-format text|json]``."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="wgpy-supervisor-kube")
-    p.add_argument("--http-port", type=int, default=None)
-    p.add_argument("--http-host", default=None)
-    p.add_argument("--kubeconfig", default=None)
-    p.add_argument("--log-format", default="text", choices=("text", "json"))
-    a = p.parse_args(argv)
-    setup_logging(a.log_format)
-    settings = KubeSettings.from_env(http_port=a.http_port, http_host=a.http_host,
-                                     kubeconfig=a.kubeconfig)
-    return asyncio.run(run_kubernetes_mode(settings))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
