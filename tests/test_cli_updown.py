@@ -218,6 +218,7 @@ def test_up_configures_everything_and_down_removes_it(
     assert fields[2] in (f"{resolved}:51000", f"[{resolved}]:51000")
     assert fields[3] == "10.77.0.0/24,10.78.0.0/16"
     assert to_base64(priv) not in dump.stdout + r.stderr + r.stdout
+    assert "accessible by others" not in r.stderr  # the file is 0600
 
     d = wgpy(ns, env, "down", str(conf))
     assert d.returncode == 0, d.stderr
@@ -227,6 +228,19 @@ def test_up_configures_everything_and_down_removes_it(
     assert not env.sock(ifname).exists()
     again = wgpy(ns, env, "down", ifname)
     assert again.returncode == 1 and f"`{ifname}' is not a WireGuard interface" in again.stderr
+
+
+def test_up_warns_about_a_world_readable_config(
+    env: Env, ns: str, ifname: str, tmp_path: Path
+) -> None:
+    priv, peer = generate_private_key(), public_key(generate_private_key())
+    conf = write_conf(tmp_path, ifname, conf_text(private=priv, peer_public=peer))
+    conf.chmod(0o644)
+    r = wgpy(ns, env, "up", str(conf))
+    assert r.returncode == 0, r.stderr
+    assert f"{conf} holds keys and is accessible by others (mode 0644)" in r.stderr
+    assert to_base64(priv) not in r.stderr
+    assert wgpy(ns, env, "down", str(conf)).returncode == 0
 
 
 def test_mtu_table_off_and_other_table(env: Env, ns: str, ifname: str, tmp_path: Path) -> None:

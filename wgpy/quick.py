@@ -36,6 +36,7 @@ import wgpy
 from wgpy import uapi_client, wgquick
 from wgpy.constants import DEFAULT_MTU
 from wgpy.errors import ConfigError, WgpyError
+from wgpy.keys import insecure_file_warning
 from wgpy.uapi import SetRequest
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -300,6 +301,9 @@ def up(arg: str, *, directory: str | None = None) -> str:
         raise QuickError(f"{path}: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise QuickError(f"{path}: cannot read: {exc}") from None
+    warning = insecure_file_warning(path)
+    if warning:
+        print(f"wgpy: {warning}", file=sys.stderr)
     table = route_table(cfg.table)
     routes = plan_routes(cfg, table)
     try:

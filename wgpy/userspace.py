@@ -14,8 +14,10 @@ wireguard-go; in the background, logs go to ``WGPY_LOG_FILE`` if set, else nowhe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import socket
 import sys
 import time
 from typing import TextIO
@@ -107,7 +109,11 @@ def run(ifname: str, *, foreground: bool, socket_dir: str = SOCKET_DIR) -> int:
     device = Device(wall_time_ns=time.time_ns)
 
     def factory(r: DeviceRunner) -> UapiServer:
-        return UapiServer(listener, path, get=r.uapi_get, set_=r.uapi_set)
+        def forget(sock: socket.socket) -> None:
+            with contextlib.suppress(KeyError, ValueError):
+                r.sel.unregister(sock)
+
+        return UapiServer(listener, path, get=r.uapi_get, set_=r.uapi_set, on_close=forget)
 
     runner = DeviceRunner(
         device, tun, uapi_server_factory=factory, link_alive=lambda: interface_exists(ifname)

@@ -74,6 +74,7 @@ class UapiServer:
         *,
         get: Callable[[], str],
         set_: Callable[[uapi.SetRequest], None],
+        on_close: Callable[[socket.socket], None] | None = None,
     ) -> None:
         self.listener = listener
         self.path = path
@@ -81,7 +82,8 @@ class UapiServer:
         self._get = get
         self._set = set_
         self.connections: dict[int, Connection] = {}
-        self.refused = 0
+        self.evicted = 0
+        self._on_close = on_close
 
     def still_ours(self) -> bool:
         """False once the socket file was deleted or replaced (then the device exits)."""
@@ -102,9 +104,9 @@ class UapiServer:
             except OSError:
                 return new
             if len(self.connections) >= MAX_CONNECTIONS:
-                self.refused += 1
-                conn.close()
-                continue
+                # full: the oldest connection goes, so a real client always gets in
+                self.evicted += 1
+                self.close(next(iter(self.connections)))
             conn.settimeout(2.0)  # replies are written blocking, bounded by this
             self.connections[conn.fileno()] = Connection(conn)
             new.append(conn)
@@ -152,6 +154,8 @@ class UapiServer:
     def close(self, fd: int) -> None:
         c = self.connections.pop(fd, None)
         if c is not None:
+            if self._on_close is not None:
+                self._on_close(c.sock)
             c.sock.close()
 
     def shutdown(self) -> None:
