@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import socket
 import struct
 import sys
@@ -86,6 +87,7 @@ class FastPath:
         self.gso = True
         self.send_errors = 0
         self.tun_write_errors = 0
+        self._file = _raw_file(tun)
         self._tx = bytearray(ARENA)
         self._txv = memoryview(self._tx)
         self._rx = bytearray(RX_BUFFER)
@@ -172,7 +174,7 @@ class FastPath:
         failed (the loop then stops), else None."""
         dev = self.device
         now = self.clock()
-        read_into = self.tun.read_into
+        read_into = self._file.readinto if self._file is not None else self.tun.read_into
         lookup = dev.allowed_ips.lookup
         buf, view = self._tx, self._txv
         mtu = dev.mtu
@@ -199,6 +201,8 @@ class FastPath:
                 if e.errno in (errno.EINTR, errno.EAGAIN):
                     break
                 error = f"TUN read failed: {e.strerror}"
+                break
+            if n is None:  # FileIO's EAGAIN
                 break
             version = buf[body] >> 4 if n else 0
             if version == 4 and n >= 20:
@@ -262,7 +266,7 @@ class FastPath:
         unpack_from = _HEADER.unpack_from
         receivable = dev.receivable_keypair
         lookup = dev.allowed_ips.lookup
-        write = self.tun.write
+        write = self._file.write if self._file is not None else self.tun.write
         drops = dev.drops
         # per batch: receiver index -> (peer, keypair); peer -> [bytes, data packets, addr]
         sessions: dict[int, tuple[Peer, Keypair] | None] = {}
@@ -354,6 +358,19 @@ class FastPath:
             except OSError:
                 self.tun_write_errors += 1
         self.send_device_output()
+
+
+def _raw_file(tun: TunDevice) -> io.FileIO | None:
+    """A kernel TUN's fd as ``io.FileIO``: ``readinto``/``write`` are one C call each, and
+    EAGAIN comes back as None instead of an exception (≈ 0.45 µs less per read than
+    ``os.readv``). None for other TUNs (in-memory ones), which keep their own methods."""
+    try:
+        from tun.linux import LinuxTun
+    except ImportError:  # no python-pytun: there is no kernel TUN either
+        return None
+    if not isinstance(tun, LinuxTun):
+        return None
+    return io.FileIO(tun.fileno(), "r+b", closefd=False)
 
 
 def enable_gro(sock: socket.socket) -> bool:

@@ -1,0 +1,164 @@
+"""Micro-benchmarks of the per-packet paths (pytest-benchmark); not part of the default run.
+
+    python3 -m pytest benchmarks/micro -q --benchmark-columns=median,iqr,ops
+
+Packets are 1420 bytes (a full tunnel MTU) unless the name says otherwise. The FastPath
+batches (64 packets) use an in-memory TUN and real UDP sockets on 127.0.0.1, so they include
+the send/receive syscalls; divide by 64 for a per-packet figure.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from noise.crypto import TransportCipher
+from tests.pair import A_TUN, B_TUN, Pair, ipv4
+from tun.memory import MemoryTun
+from wgpy.allowedips import AllowedIPs
+from wgpy.io.fastpath import FastPath
+from wgpy.io.udp import UdpBind, set_buffers
+from wgpy.replay import ReplayFilter
+
+BATCH = 64
+PACKET = ipv4(A_TUN, B_TUN, bytes(1400))
+assert len(PACKET) == 1420
+
+
+@pytest.fixture
+def pair() -> Pair:
+    p = Pair()
+    p.a.receive_tun_packet(ipv4(A_TUN, B_TUN, b"hi"), now=p.clock.now)
+    p.pump()
+    assert p.pb.current is not None and p.pa.current is not None
+    return p
+
+
+def test_seal_into_1420(benchmark: Any) -> None:
+    c = TransportCipher(bytes(32))
+    buf = bytearray(1500)
+    view = memoryview(buf)
+    benchmark(c.seal_into, 7, view[16:1436], view[16:1452])
+
+
+def test_open_into_1420(benchmark: Any) -> None:
+    c = TransportCipher(bytes(32))
+    sealed = bytearray(c.seal(7, PACKET))
+    view = memoryview(sealed)
+    out = bytearray(1420)
+    assert benchmark(c.open_into, 7, view, out)
+
+
+def test_replay_validate_in_order(benchmark: Any) -> None:
+    r = ReplayFilter()
+    counter = iter(range(10**9))
+    benchmark(lambda: r.validate(next(counter)))
+
+
+def test_allowedips_lookup_v4(benchmark: Any) -> None:
+    t: AllowedIPs[str] = AllowedIPs()
+    for i in range(100):
+        t.insert(f"10.{i}.0.0/16", f"peer{i}")
+    dst = bytes([10, 42, 1, 2])
+    assert benchmark(t.lookup, dst) == "peer42"
+
+
+def test_device_send_one_packet(benchmark: Any, pair: Pair) -> None:
+    """The sans-IO per-packet path: route, stage, pad, seal, new bytes, timers."""
+    dev = pair.a
+
+    def one() -> None:
+        dev.receive_tun_packet(PACKET, now=pair.clock.now)
+        dev.datagrams_to_send()
+
+    benchmark(one)
+
+
+def test_device_receive_one_packet(benchmark: Any, pair: Pair) -> None:
+    a, b = pair.a, pair.b
+
+    def setup() -> tuple[tuple[bytes], dict[str, object]]:
+        a.receive_tun_packet(PACKET, now=pair.clock.now)
+        ((d, _addr),) = a.datagrams_to_send()
+        return (d,), {}
+
+    def one(d: bytes) -> None:
+        b.receive_datagram(d, pair.a_addr, now=pair.clock.now)
+        assert b.tun_packets_to_write()
+
+    benchmark.pedantic(one, setup=setup, rounds=2000)
+
+
+def test_responder_handshake(benchmark: Any, pair: Pair) -> None:
+    """One initiation consumed and a response created (≈ 4 X25519): the responder's cost."""
+    a, b = pair.a, pair.b
+
+    def setup() -> tuple[tuple[bytes], dict[str, object]]:
+        pair.clock.now += 1.0  # past the 20 ms flood limit and REKEY_TIMEOUT
+        pair.pb.last_sent_handshake = -100.0
+        assert a.initiate(pair.pb, now=pair.clock.now)
+        ((msg, _addr),) = a.datagrams_to_send()
+        return (msg,), {}
+
+    def one(msg: bytes) -> None:
+        b.receive_datagram(msg, pair.a_addr, now=pair.clock.now)
+        assert len(b.datagrams_to_send()) == 1
+
+    benchmark.pedantic(one, setup=setup, rounds=200)
+
+
+# --- the fast path over real sockets -----------------------------------------------------------
+
+
+@pytest.fixture
+def fast(pair: Pair) -> Iterator[tuple[FastPath, FastPath, socket.socket, MemoryTun, MemoryTun]]:
+    binds = [UdpBind(), UdpBind()]
+    tuns = [MemoryTun("ma"), MemoryTun("mb")]
+    for b in binds:
+        b.open(0)
+        for s in b.sockets():
+            set_buffers(s)
+    fa = FastPath(pair.a, tuns[0], binds[0], clock=lambda: pair.clock.now)
+    fb = FastPath(pair.b, tuns[1], binds[1], clock=lambda: pair.clock.now)
+    pair.a.set_endpoint(pair.pb, ("127.0.0.1", binds[1].port))
+    pair.b.set_endpoint(pair.pa, ("127.0.0.1", binds[0].port))
+    assert binds[1].v4 is not None
+    try:
+        yield fa, fb, binds[1].v4, tuns[0], tuns[1]
+    finally:
+        for b in binds:
+            b.close()
+
+
+def test_fastpath_send_batch_of_64(benchmark: Any, fast: Any) -> None:
+    fa, _fb, sink, tun_a, _tun_b = fast
+
+    def setup() -> tuple[tuple[()], dict[str, object]]:
+        while select.select([sink], [], [], 0)[0]:
+            sink.recv(65536)
+        tun_a.inject_many([PACKET] * BATCH)
+        return (), {}
+
+    benchmark.pedantic(fa.on_tun, setup=setup, rounds=300)
+
+
+def test_fastpath_receive_batch_of_64(benchmark: Any, fast: Any) -> None:
+    fa, fb, sink, tun_a, tun_b = fast
+
+    def setup() -> tuple[tuple[socket.socket], dict[str, object]]:
+        tun_b.take()
+        tun_a.inject_many([PACKET] * BATCH)
+        fa.on_tun()
+        select.select([sink], [], [], 1.0)
+        return (sink,), {}
+
+    def one(sock: socket.socket) -> None:
+        fb.on_udp(sock)
+
+    benchmark.pedantic(one, setup=setup, rounds=300)
+    assert len(tun_b.take()) == BATCH
+    assert fb.device.drops == {}
