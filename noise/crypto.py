@@ -14,11 +14,6 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from nacl.bindings import (
-    crypto_aead_xchacha20poly1305_ietf_decrypt,
-    crypto_aead_xchacha20poly1305_ietf_encrypt,
-)
-from nacl.exceptions import CryptoError
 
 from noise.errors import DecryptionError, LowOrderPoint
 
@@ -88,11 +83,18 @@ def aead_open(key: bytes, counter: int, ciphertext: bytes, ad: bytes) -> bytes:
 
 
 def xaead_seal(key: bytes, nonce24: bytes, plaintext: bytes, ad: bytes) -> bytes:
+    # PyNaCl is imported here, on first use: cookie replies are rare, and the key tools
+    # (genkey/pubkey) should not need it
+    from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_encrypt
+
     out: bytes = crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, ad, nonce24, key)
     return out
 
 
 def xaead_open(key: bytes, nonce24: bytes, ciphertext: bytes, ad: bytes) -> bytes:
+    from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_decrypt
+    from nacl.exceptions import CryptoError
+
     try:
         out: bytes = crypto_aead_xchacha20poly1305_ietf_decrypt(ciphertext, ad, nonce24, key)
     except CryptoError:

@@ -187,6 +187,16 @@ def test_yaml_syntax_error_reports_line() -> None:
         parse_tunnels(f"wg0: {tunnel()}\nwg1: {{}}\nwg0: {{}}\n".replace("'", '"'))
 
 
+def test_complex_mapping_key_refused_without_echo() -> None:
+    # found by the fuzzer: a mapping used as a key raised TypeError, and its repr could
+    # have carried a key into the message
+    secret = "YIpz9s6Ia9LLIE/M8lS+9Q+L6RQQ464QEECVqa3zPyc="
+    text = f"wg0:\n  vip: 198.51.100.7/32\n? privateKey: {secret}\n  other: 1\n: x\n"
+    with pytest.raises(ConfigError, match=r"mapping keys must be plain names \(line 3\)") as e:
+        parse_tunnels(text)
+    assert secret not in str(e.value)
+
+
 def test_pod_and_service_cidr_overlap() -> None:
     src = text({"wg0": tunnel(allowedIPs=["10.0.0.0/8", "2001:db8::/32"])})
     with pytest.raises(ConfigError, match=re.escape(

@@ -75,6 +75,11 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[
     loader.flatten_mapping(node)
     out: dict[Any, Any] = {}
     for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            # a mapping or list used as a key: refuse it without showing it (it may hold keys)
+            raise ConfigError(
+                f"tunnels: mapping keys must be plain names (line {key_node.start_mark.line + 1})"
+            )
         key = loader.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
         if key in out:
             raise ConfigError(
