@@ -508,8 +508,9 @@ def test_failed_bring_up_is_reported_and_retried() -> None:
             st = h.sup.status()
             assert st.leader and not st.ready
             h.fail.clear()
-            await wait_until(lambda: h.sup.running == ["wg0"], timeout=3)
-            assert h.sup.status().ready
+            # running is recorded before start() returns: wait for the tunnel itself
+            await wait_until(lambda: h.sup.status().ready, timeout=3)
+            assert h.sup.running == ["wg0"]
             assert h.sup.failed() == {}
 
     run(main)
