@@ -94,7 +94,9 @@ def udp_client(host: str, port: int, count: int) -> None:
     print(json.dumps({"echoed": len(got)}), flush=True)
 
 
-def flood(target: str, port: int, pub_b64: str, seconds: float, sources: str) -> None:
+def flood(
+    target: str, port: int, pub_b64: str, seconds: float, sources: str, *, rate: float = 0.0
+) -> None:
     """Initiations with a valid mac1 (computable from the public key alone) from many sources.
 
     ``sources`` is a comma list of local addresses to send from. Counts cookie replies.
@@ -119,7 +121,9 @@ def flood(target: str, port: int, pub_b64: str, seconds: float, sources: str) ->
     t0 = time.monotonic()
     end = t0 + seconds
     i = 0
-    while time.monotonic() < end:
+    while (now := time.monotonic()) < end:
+        if rate and sent > rate * (now - t0):
+            time.sleep(0.001)  # hold the requested rate
         for s in socks:
             body[4:8] = i.to_bytes(4, "little")
             body[8:40] = os.urandom(32)
@@ -159,6 +163,6 @@ if __name__ == "__main__":
     elif mode == "udp-client":
         udp_client(args[0], int(args[1]), int(args[2]))
     elif mode == "flood":
-        flood(args[0], int(args[1]), args[2], float(args[3]), args[4])
+        flood(args[0], int(args[1]), args[2], float(args[3]), args[4], rate=float(args[5]))
     else:
         raise SystemExit(f"unknown mode {mode}")

@@ -13,7 +13,8 @@ from wgpy import testbed as tb
 
 pytestmark = interop
 NETPROBE = str(Path(__file__).with_name("netprobe.py"))
-FLOOD_SECONDS = 14.0  # the legitimate peer needs one 5 s retransmit to carry mac2
+FLOOD_SECONDS = 12.0  # the legitimate peer needs one 5 s retransmit to carry mac2
+FLOOD_RATE = 20_000  # initiations per second: well above the under-load threshold (1000/s)
 N_SOURCES = 40
 
 
@@ -28,7 +29,7 @@ def test_handshake_flood_cookies_and_legitimate_peer() -> None:
         cpu0, rss0 = tb.cpu_seconds(pid_b), tb.rss_kib(pid_b)
         flooder = p.ns_a.popen(
             [sys.executable, NETPROBE, "flood", p.veth.ip_b, "51820", p.pub_b,
-             str(FLOOD_SECONDS), ",".join(sources)],
+             str(FLOOD_SECONDS), ",".join(sources), str(FLOOD_RATE)],
             stdout=subprocess.PIPE,
         )  # fmt: skip
         time.sleep(1.5)  # the device is under load now
