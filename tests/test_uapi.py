@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from wgpy import uapi
 from wgpy.errors import UapiError
 from wgpy.uapi import (
     MAX_REQUEST_SIZE,
@@ -659,3 +660,18 @@ def test_live_wg_reads_our_get_and_sends_parsable_sets(
     assert req.listen_port == 7 and req.replace_peers
     assert req.peers[0].endpoint == ("fe80::1%lo", 9)
     assert req.peers[0].allowed_ip_ops == [("replace", None), ("add", net("10.9.9.0/24"))]
+
+
+def test_stats_extension_request_and_reply() -> None:
+    reader = uapi.RequestReader()
+    assert reader.feed(b"stats=1\n\nget=1\n\n") == [
+        uapi.RawRequest("stats", []),
+        uapi.RawRequest("get", []),
+    ]
+    bad = uapi.RequestReader().feed(b"stats=1\nx")
+    assert len(bad) == 1 and isinstance(bad[0], uapi.RequestFailed)
+    text = uapi.format_stats({"drop_replayed": 3, "peers": 1})
+    assert text == "drop_replayed=3\npeers=1\nerrno=0\n\n"
+    assert uapi.parse_stats(text) == {"drop_replayed": 3, "peers": 1}
+    with pytest.raises(UapiError):
+        uapi.parse_stats("errno=-22\n\n")

@@ -353,6 +353,27 @@ def format_set(req: SetRequest) -> str:
 # --- get ---------------------------------------------------------------------------------------
 
 
+def format_stats(counters: dict[str, int]) -> str:
+    """The reply to the wgpy extension ``stats=1``: ``name=value`` lines, then ``errno=0``."""
+    body = "".join(f"{name}={value}\n" for name, value in sorted(counters.items()))
+    return body + format_errno(0)
+
+
+def parse_stats(text: str) -> dict[str, int]:
+    """Read a ``stats=1`` reply; raises UapiError on a non-zero errno."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        if not line:
+            continue
+        key, _, value = line.partition("=")
+        if key == "errno":
+            if value != "0":
+                raise UapiError(f"stats failed: errno={value}", abs(int(value or "0")) or EIO)
+            return out
+        out[key] = int(value)
+    raise UapiError("stats reply without errno line", EPROTO)
+
+
 def format_errno(errno: int) -> str:
     """The status trailer: ``errno=0`` on success, else the negated errno, then a blank line."""
     return f"errno={-abs(errno)}\n\n" if errno else "errno=0\n\n"
@@ -449,7 +470,7 @@ def parse_get(text: str) -> DeviceSnapshot:
 class RawRequest(NamedTuple):
     """One complete request off the wire: ``("get", [])`` or ``("set", lines)``."""
 
-    op: Literal["get", "set"]
+    op: Literal["get", "set", "stats"]
     lines: list[str]
 
 
@@ -478,7 +499,7 @@ class RequestReader:
     def __init__(self, max_request_size: int = MAX_REQUEST_SIZE) -> None:
         self._max = max_request_size
         self._buf = bytearray()
-        self._state: Literal["op", "get", "set"] = "op"
+        self._state: Literal["op", "get", "set", "stats"] = "op"
         self._lines: list[str] = []
         self._size = 0  # bytes of the current request consumed so far
         self._closed = False
@@ -513,7 +534,8 @@ class RequestReader:
     def _step(self) -> RawRequest | RequestFailed | None:
         """Consume at most one request's worth; None when more bytes are needed."""
         while True:
-            if self._state == "get":
+            if self._state in ("get", "stats"):
+                op: Literal["get", "stats"] = "get" if self._state == "get" else "stats"
                 if not self._buf:
                     return None
                 nxt = self._buf[0]
@@ -521,8 +543,8 @@ class RequestReader:
                 self._state = "op"
                 self._size = 0
                 if nxt != 0x0A:
-                    return self._fail(EINVAL, "trailing character in UAPI get")
-                return RawRequest("get", [])
+                    return self._fail(EINVAL, f"trailing character in UAPI {op}")
+                return RawRequest(op, [])
             nl = self._buf.find(b"\n")
             if nl < 0:
                 if self._size + len(self._buf) > self._max:
@@ -536,6 +558,8 @@ class RequestReader:
             if self._state == "op":
                 if line == b"get=1":
                     self._state = "get"
+                elif line == b"stats=1":  # a wgpy extension: drop counters by reason
+                    self._state = "stats"
                 elif line == b"set=1":
                     self._state = "set"
                 else:

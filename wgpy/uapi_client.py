@@ -116,6 +116,14 @@ def get(
     return uapi.parse_get(body + "errno=0\n\n")
 
 
+def stats_at(path: str, *, timeout: float = DEFAULT_TIMEOUT) -> dict[str, int]:
+    """wgpy's ``stats=1`` extension on the socket at ``path``: drop counters by reason etc."""
+    body, code = transact(path, "stats=1\n\n", timeout=timeout)
+    if code:
+        raise UapiError(_strerror(code), code)
+    return uapi.parse_stats(body + "errno=0\n\n")
+
+
 def set_device(
     ifname: str,
     request: uapi.SetRequest | list[str],

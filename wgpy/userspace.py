@@ -113,7 +113,17 @@ def run(ifname: str, *, foreground: bool, socket_dir: str = SOCKET_DIR) -> int:
             with contextlib.suppress(KeyError, ValueError):
                 r.sel.unregister(sock)
 
-        return UapiServer(listener, path, get=r.uapi_get, set_=r.uapi_set, on_close=forget)
+        def stats() -> dict[str, int]:
+            counters = {f"drop_{reason}": n for reason, n in device.drops.items()}
+            counters["handshakes_completed"] = device.handshakes_completed
+            counters["peers"] = len(device.peers)
+            for name in ("send_errors", "tun_write_errors"):
+                counters[name] = int(getattr(r, name, 0))
+            return counters
+
+        return UapiServer(
+            listener, path, get=r.uapi_get, set_=r.uapi_set, on_close=forget, stats=stats
+        )
 
     runner = DeviceRunner(
         device, tun, uapi_server_factory=factory, link_alive=lambda: interface_exists(ifname)

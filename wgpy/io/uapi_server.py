@@ -75,6 +75,7 @@ class UapiServer:
         get: Callable[[], str],
         set_: Callable[[uapi.SetRequest], None],
         on_close: Callable[[socket.socket], None] | None = None,
+        stats: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         self.listener = listener
         self.path = path
@@ -84,6 +85,7 @@ class UapiServer:
         self.connections: dict[int, Connection] = {}
         self.evicted = 0
         self._on_close = on_close
+        self._stats = stats
 
     def still_ours(self) -> bool:
         """False once the socket file was deleted or replaced (then the device exits)."""
@@ -137,6 +139,12 @@ class UapiServer:
     def _answer(self, req: uapi.RawRequest) -> str:
         if req.op == "get":
             return self._get()
+        if req.op == "stats":
+            if self._stats is None:
+                return uapi.format_errno(uapi.EINVAL)
+            counters = self._stats()
+            counters["uapi_connections_evicted"] = self.evicted
+            return uapi.format_stats(counters)
         try:
             self._set(uapi.parse_set(req.lines))
         except UapiError as e:
