@@ -214,7 +214,7 @@ def test_tcp_connection_limit_refuses_and_counts() -> None:
             r2, w2 = await asyncio.open_connection(VIP, fwd.bound_port)
             with contextlib.suppress(ConnectionError):
                 assert await asyncio.wait_for(r2.read(), 3) == b""
-            assert fwd.refused == 1
+            assert fwd.refused == fwd.stats.refused == 1
             assert fwd.stats.connections == 1
             w1.close()
             w2.close()
@@ -321,7 +321,7 @@ def test_udp_flow_limit_refuses_and_counts() -> None:
                 c2.sendto(b"y", (VIP, fwd.bound_port))
                 with pytest.raises(TimeoutError):
                     await asyncio.wait_for(p2.replies.get(), 0.3)
-                assert fwd.refused == 1
+                assert fwd.refused == fwd.stats.refused == 1
                 assert len(fwd.flows) == 1
             finally:
                 c1.close()

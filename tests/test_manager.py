@@ -107,6 +107,9 @@ class FakeElector:
         else:
             self.annotations[key] = value
 
+    async def flush_annotations(self) -> bool:
+        return self.leading
+
     def grant(self) -> None:
         self._grant.set()
 

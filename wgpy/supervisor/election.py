@@ -89,6 +89,7 @@ class LeaderElector:
         self._lease: dict[str, Any] | None = None  # last Lease read or written (JSON form)
         self._leading = False
         self._release_on_stop = True
+        self._io_lock = asyncio.Lock()
         self.lost_leadership = False
 
     # -- public state ------------------------------------------------------------------------
@@ -113,8 +114,25 @@ class LeaderElector:
         return self._elector.annotation(key)
 
     def set_annotation(self, key: str, value: str | None) -> None:
-        """Store ``key`` on the Lease with the next renewal (``None`` removes it)."""
+        """Store ``key`` on the Lease with the next renewal (``None`` removes it); call
+        :meth:`flush_annotations` when it must be stored before something else happens."""
         self._elector.set_annotation(key, value)
+
+    async def flush_annotations(self) -> bool:
+        """Write pending annotations now (an immediate renewal); True once they are stored.
+
+        The manager persists the TAI64N bound this way *before* a device may send an
+        initiation carrying a timestamp up to it (waiting for the next renewal would leave up
+        to one retry period in which a crash loses the bound). False if we do not lead or the
+        write failed before the renew deadline (the caller must not rely on the value).
+        """
+        if not self._leading:
+            return False
+        left = self._elector.renew_time_left(now=self._now())
+        if left <= 0:
+            return False
+        ok = await self._attempt(timeout=left)
+        return ok and self._leading and not self._elector.has_pending()
 
     @property
     def last_renew(self) -> float | None:
@@ -234,6 +252,11 @@ class LeaderElector:
             return False
 
     async def _try_acquire_or_renew(self) -> bool:
+        # One attempt at a time: the renew loop and flush_annotations share the cached Lease.
+        async with self._io_lock:
+            return await self._try_acquire_or_renew_locked()
+
+    async def _try_acquire_or_renew_locked(self) -> bool:
         el = self._elector
         rec = el.fast_path(now=self._now(), wall=self._wall())
         if rec is not None and self._lease is not None:

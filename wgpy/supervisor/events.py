@@ -26,9 +26,14 @@ _KEY_RE = re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=(?!
 MAX_MESSAGE = 1024  # the API server truncates/limits event messages; keep them short
 
 
+# The same 32 bytes in hex (64 digits, not part of a longer hex run).
+_HEX_KEY_RE = re.compile(r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{64}(?![0-9A-Fa-f])")
+
+
 def redact(text: str) -> str:
-    """``text`` with anything shaped like a WireGuard key replaced by ``(hidden)``."""
-    return _KEY_RE.sub(HIDDEN, text)
+    """``text`` with anything shaped like a WireGuard key (base64 or hex) replaced by
+    ``(hidden)``. Public keys look the same and are hidden too: the price of not parsing."""
+    return _HEX_KEY_RE.sub(HIDDEN, _KEY_RE.sub(HIDDEN, text))
 
 
 @dataclass(frozen=True)

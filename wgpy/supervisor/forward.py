@@ -115,6 +115,7 @@ class _Base:
 
     def _refuse(self, why: str) -> None:
         self.refused += 1
+        self.stats.refused += 1
         self.stats.errors += 1
         log.warning("%s %s:%d: refused: %s", self.protocol, self.host, self.bound_port, why)
 

@@ -8,7 +8,7 @@ a status snapshot and fails if that does not work:
   therefore yields a prompt ``503 event loop unresponsive`` instead of a probe that hangs
   until the kubelet's timeout, and a crashing ``status()`` yields ``503``;
 * ``/readyz`` is ``SupervisorStatus.ready`` (a follower with a valid config, or a leader whose
-  tunnels are all up);
+  tunnels are all up; a valid configuration with no tunnels is ready and says so);
 * ``/metrics`` renders the same snapshot (:mod:`wgpy.supervisor.metrics`).
 
 Bodies are short fixed texts or the exposition; no configuration value other than tunnel
@@ -137,9 +137,12 @@ class HttpServer:
         if st is None:
             return web.Response(status=503, text=err + "\n")
         if st.ready:
+            if not st.tunnels:
+                note = f": {st.config_note}" if st.config_note else ""
+                return web.Response(text=f"ready (no tunnels configured{note})\n")
             return web.Response(text="ready\n")
         if not st.config_loaded:
-            why = "no valid tunnels configuration"
+            why = "no valid tunnels configuration yet"
         else:
             down = sorted(n for n, t in st.tunnels.items() if not t.up)
             why = f"leader with tunnels down: {', '.join(down)}"

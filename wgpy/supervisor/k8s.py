@@ -125,6 +125,7 @@ class SecretController:
             backoff=backoff,
         )
         self.tunnels: dict[str, Tunnel] | None = None  # last applied (None: never)
+        self.absent = False  # the last configuration applied came from a missing Secret
         self._seen_rv: str | None = None
         self.applied = 0
         self.rejected = 0
@@ -143,13 +144,20 @@ class SecretController:
             return  # this version was handled already (relist, duplicate)
         self._seen_rv = rv if obj is not None else None
         if obj is None:
+            # Absent = an empty configuration (no tunnels), applied like any other: the
+            # manager then runs for election and reports ready with "no tunnels configured"
+            # (see Supervisor.apply_tunnels for why that is the right readiness).
             if self.tunnels:
                 log.warning("secret %s/%s deleted: tearing every tunnel down",
                             self.namespace, self.name)
-                await self._apply({})
             elif self.tunnels is None:
-                log.warning("secret %s/%s not found: waiting for it", self.namespace, self.name)
+                log.warning("secret %s/%s not found: no tunnels until it is created",
+                            self.namespace, self.name)
+            if self.tunnels is None or self.tunnels or not self.absent:
+                self.absent = True
+                await self._apply({})
             return
+        was_absent, self.absent = self.absent, False
         try:
             tunnels = parse_tunnels(decode_tunnels(obj, key=self.key), pod_cidr=self.pod_cidr,
                                     service_cidr=self.service_cidr)
@@ -161,7 +169,7 @@ class SecretController:
                 except Exception:
                     log.exception("reject callback failed")
             return
-        if tunnels == self.tunnels:
+        if tunnels == self.tunnels and not was_absent:
             return  # e.g. an annotation changed: nothing to do
         await self._apply(tunnels)
 

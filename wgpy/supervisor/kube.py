@@ -239,7 +239,9 @@ async def run_kubernetes_mode(settings: KubeSettings,
             secret_ref(obj, settings.cp_namespace, "wireguard"), error)
 
     async def on_tunnels(tunnels: Any) -> None:
-        result = manager.apply_tunnels(tunnels)
+        note = (f"secret {settings.cp_namespace}/wireguard not found"
+                if secret.absent else "")
+        result = manager.apply_tunnels(tunnels, note=note)
         del result  # applied in the manager's own task; not awaited (no head-of-line block)
 
     secret = SecretController(api, settings.cp_namespace,

@@ -302,6 +302,10 @@ class Elector:
         """Write ``key`` (``None``: remove it) with our next successful write."""
         self._pending[key] = value
 
+    def has_pending(self) -> bool:
+        """True while an annotation set with :meth:`set_annotation` is not yet written."""
+        return bool(self._pending)
+
     # renew deadline
     def renew_time_left(self, *, now: float) -> float:
         """Seconds until the renew deadline (measured from our last successful write).

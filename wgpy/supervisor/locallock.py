@@ -121,6 +121,12 @@ class LocalLockElector:
         self._state["annotations"] = ann
         self._write_sidecar()
 
+    async def flush_annotations(self) -> bool:
+        """True if annotations are stored: while leading, :meth:`set_annotation` writes the
+        sidecar at once, so there is nothing left to do (the Lease elector's counterpart
+        renews immediately)."""
+        return self._leading
+
     def stop(self, *, release: bool = True) -> None:
         """Ask :meth:`run` to end. ``release=False`` leaves the sidecar naming us (as a crash
         would); the flock itself is always dropped when the fd closes."""

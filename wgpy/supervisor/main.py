@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wgpy.errors import ConfigError
+from wgpy.keys import insecure_file_warning
 
 log = logging.getLogger("wgpy.supervisor")
 
@@ -188,29 +189,43 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
 # -- logging ----------------------------------------------------------------------------------
 
 
+def _redact(text: str) -> str:
+    from wgpy.supervisor.events import redact
+
+    return redact(text)
+
+
+class TextFormatter(logging.Formatter):
+    """kube-vip's slog text shape (``2026/09/04 08:37:59 INFO msg``), key-shaped strings
+    hidden: no code path logs a key, and this is the defence in depth if one ever quotes one
+    (an exception message, a library's debug output)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(message)s", "%Y/%m/%d %H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _redact(super().format(record))
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, msg (and the exception, if any)."""
+    """One JSON object per line: time, level, logger, msg (and the exception, if any);
+    key-shaped strings hidden as in :class:`TextFormatter`."""
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
             "level": record.levelname,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": _redact(record.getMessage()),
         }
         if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
+            out["exc"] = _redact(self.formatException(record.exc_info))
         return json.dumps(out)
 
 
 def setup_logging(fmt: str, level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:  # kube-vip's slog text shape: "2026/09/04 08:37:59 INFO msg"
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y/%m/%d %H:%M:%S")
-        )
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -288,6 +303,9 @@ async def run_embedded(s: Settings) -> int:
     except ConfigError as e:
         log.error("%s", e)
         return 2
+    warning = insecure_file_warning(path)  # the file holds the cluster's private keys
+    if warning:
+        log.warning("%s", warning.removeprefix("Warning: "))
 
     def elector(**callbacks: Any) -> LocalLockElector:
         return LocalLockElector(s.lock_file, s.node_name, retry_period=s.retry_period, **callbacks)

@@ -89,6 +89,8 @@ class Elector(Protocol):
 
     def set_annotation(self, key: str, value: str | None) -> None: ...
 
+    async def flush_annotations(self) -> bool: ...
+
 
 class ElectorFactory(Protocol):
     """Builds the elector with the manager's callbacks, e.g.
@@ -238,9 +240,13 @@ class Supervisor:
 
     # -- configuration inputs ----------------------------------------------------------------
 
-    def apply_tunnels(self, tunnels: Mapping[str, Tunnel]) -> asyncio.Future[None]:
+    def apply_tunnels(
+        self, tunnels: Mapping[str, Tunnel], *, note: str = ""
+    ) -> asyncio.Future[None]:
         """Make ``tunnels`` (already validated) the configuration; applied live if leading.
 
+        An empty configuration is a configuration (``note`` says why, e.g. the Secret is
+        absent): the supervisor runs for election and is ready, with nothing to bring up.
         Returns a future done when the change is applied (awaiting it is optional).
         """
         added, changed, removed = config.diff(self._desired, tunnels)
@@ -255,6 +261,7 @@ class Supervisor:
             )
         self._desired = dict(tunnels)
         self._status.config_loaded = True
+        self._status.config_note = note
         self._status.last_config_error = ""
         self._config_event.set()
         return self._schedule()
@@ -388,8 +395,15 @@ class Supervisor:
         stored = parse_floor(self.elector.annotation(floor_key(t.name)))
         runtime = self._runtime_factory(t)
         live = _Live(t, runtime)
-        # Persist the bound before the first initiation can carry a timestamp up to it.
+        # Persist the bound before the first initiation can carry a timestamp up to it:
+        # written now, not with the next renewal, or a crash in between would leave a new
+        # leader a floor below what this node sent.
         self._persist_bound(live, floor=stored)
+        if not await self.elector.flush_annotations():
+            self._failed[t.name] = (self.clock(), "cannot store the TAI64N bound")
+            log.error("tunnel %s: bring-up postponed: cannot store the TAI64N bound on the "
+                      "lease", t.name)
+            return
         self._running[t.name] = live  # recorded first: a cancelled start is still torn down
         try:
             await _in_thread(runtime.start, stored)

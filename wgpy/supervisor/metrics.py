@@ -101,6 +101,9 @@ def families(status: SupervisorStatus, *, now_unix: float) -> list[Family]:
     fbytes = fam("forwarded_bytes_total", "counter", "Forwarded payload bytes")
     ferrs = fam("forward_errors_total", "counter",
                 "Forwarding failures (no target reachable, refused over the bound)")
+    refused = fam("forward_refused_total", "counter",
+                  "Connections or UDP flows refused because the forwarder's bound was reached "
+                  "(also counted in forward_errors_total)")
     active = fam("forward_active", "gauge", "Open forwarded connections or UDP flows")
     for name in sorted(status.tunnels):
         t = status.tunnels[name]
@@ -119,9 +122,10 @@ def families(status: SupervisorStatus, *, now_unix: float) -> list[Family]:
             dgrams.add(s.datagrams, **flab)
             fbytes.add(s.bytes, **flab)
             ferrs.add(s.errors, **flab)
+            refused.add(s.refused, **flab)
             active.add(s.active, **flab)
     return [leader, ready, loaded, failovers, rejections, up, age, rx, tx, hs, hsf,
-            conns, dgrams, fbytes, ferrs, active]
+            conns, dgrams, fbytes, ferrs, refused, active]
 
 
 def render(status: SupervisorStatus, *, now_unix: float) -> str:

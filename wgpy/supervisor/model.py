@@ -37,8 +37,9 @@ class ForwardStats:
     connections: int = 0  # TCP connections accepted (UDP: client flows created)
     datagrams: int = 0  # UDP datagrams forwarded (both directions)
     bytes: int = 0
-    errors: int = 0
+    errors: int = 0  # all failures, refusals included
     active: int = 0
+    refused: int = 0  # connections/flows refused because the forwarder's bound was reached
 
 
 @dataclass(slots=True)
@@ -64,11 +65,19 @@ class SupervisorStatus:
     config_rejections: int = 0
     last_config_error: str = ""
     config_loaded: bool = False
+    config_note: str = ""  # e.g. why there are no tunnels ("secret ns/wireguard not found")
     tunnels: dict[str, TunnelStatus] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:
-        """Ready: a follower with a valid config, or a leader whose tunnels are all up."""
+        """Ready: a follower with a valid config, or a leader whose tunnels are all up.
+
+        A valid configuration with no tunnels (an empty one, or the Secret absent) is ready:
+        the pod does everything asked of it, and a not-ready DaemonSet pod only blocks
+        rollouts (kubelet and the DaemonSet controller count it unavailable) without helping
+        anyone. The reason is in the ``/readyz`` text and :attr:`config_note`. Not ready
+        means: no configuration read yet, or a leader with a tunnel down.
+        """
         if not self.config_loaded:
             return False
         if not self.leader:
