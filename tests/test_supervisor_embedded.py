@@ -10,119 +10,32 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
 
 import pytest
 
+from tests.supervisor_support import (
+    FORWARD,
+    RETRY,
+    Scenario,
+    answered_by,
+    embedded_scenario,
+    start_leader_and_follower,
+    wait_for,
+)
 from tests.support import needs_root
 from wgpy.errors import ConfigError
 from wgpy.supervisor import main as sup_main
 from wgpy.supervisor.locallock import read_sidecar
-from wgpy.topology import CLIENT_NETS, Topology, VpnTunnel, client_ip, tunnels_yaml
-
-FORWARD = [
-    {"port": 6443, "protocol": "TCP", "target": "127.0.0.1:7443"},
-    {"port": 53, "protocol": "UDP", "target": "127.0.0.1:5353"},
-]
-RETRY = 0.5
-
-
-class Scenario:
-    def __init__(self, topo: Topology, tmp: Path) -> None:
-        self.topo = topo
-        self.tmp = tmp
-        self.file = tmp / "tunnels.yaml"
-        self.lock = str(tmp / "supervisor.lock")
-        self.procs: dict[str, subprocess.Popen[Any]] = {}
-        self.logs: dict[str, IO[str]] = {}
-        for n in topo.nodes:
-            topo.serve_name(n, f"node-{n}")
-
-    @property
-    def wg0(self) -> VpnTunnel:
-        return self.topo.tunnels["wg0"]
-
-    def write(self, text: str) -> None:
-        tmp = self.file.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, self.file)  # a new inode: the watcher must notice
-
-    def start(self, node: str, env: dict[str, str] | None = None) -> subprocess.Popen[Any]:
-        log = open(self.tmp / f"{node}.log", "a+")  # noqa: SIM115 (closed in close())
-        self.logs[node] = log
-        proc = self.topo.start_supervisor(
-            node, str(self.file), lock_file=self.lock, retry_period=RETRY, env=env, log=log
-        )
-        self.procs[node] = proc
-        return proc
-
-    def log(self, node: str) -> str:
-        f = self.logs[node]
-        f.seek(0)
-        return f.read()
-
-    def holder(self) -> str:
-        return str(read_sidecar(self.lock).get("holderIdentity") or "")
-
-    def close(self) -> None:
-        for f in self.logs.values():
-            f.close()
+from wgpy.topology import CLIENT_NETS, client_ip, tunnels_yaml
 
 
 @pytest.fixture
 def scenario(tmp_path: Path) -> Iterator[Scenario]:
-    with Topology(vpn_node="wireguard-go", nodes=("a", "b")) as topo:
-        sc = Scenario(topo, tmp_path)
-        try:
-            yield sc
-        finally:
-            sc.close()
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def answered_by(
-    sc: Scenario,
-    node: str,
-    *,
-    host: str | None = None,
-    source: str | None = None,
-    timeout: float = 10.0,
-) -> float:
-    """Wait until TCP VIP:6443 is answered by ``node``; return how long it took."""
-    vip = host or sc.wg0.vip
-    t0 = time.monotonic()
-    wait_for(
-        lambda: sc.topo.tcp_request(vip, 6443, source=source, timeout=0.3) == f"node-{node}",
-        timeout,
-        f"{vip}:6443 answered by node-{node}",
-        interval=0.02,
-    )
-    return time.monotonic() - t0
-
-
-def start_leader_and_follower(
-    sc: Scenario, spec: dict[str, Any] | None = None, env_b: dict[str, str] | None = None
-) -> None:
-    sc.write(tunnels_yaml(spec or {"wg0": sc.wg0.spec(forward=FORWARD)}))
-    sc.start("a")
-    wait_for(lambda: sc.holder() == "node-a", 10, "node-a to lead")
-    sc.start("b", env=env_b)
-    answered_by(sc, "a")
-    wait_for(lambda: "new leader node-a" in sc.log("b"), 10, "node-b to follow")
+    with embedded_scenario(tmp_path) as sc:
+        yield sc
 
 
 @pytest.mark.interop

@@ -26,7 +26,8 @@ import pytest
 import yaml
 
 from noise import tai64n
-from tests.fakeapi import KINDS, FakeApiServer, parse_field_selector
+from tests.fakeapi import FakeApiServer
+from tests.supervisor_support import RbacFakeApi, deploy_rbac, lb_service, secret, slice_
 from tests.support import needs_root
 from wgpy.supervisor.kube import KubeSettings, run_kubernetes_mode
 from wgpy.supervisor.manager import Supervisor
@@ -38,95 +39,14 @@ KEY = "YAZz1bqVoCv2ko9Phlp+EzYKYxyGlqMixBPOSTMhhEA="
 PUB = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
 
 
-# -- the fake API server with the RBAC of deploy/ ------------------------------------------------
-
-class RbacFakeApi(FakeApiServer):
-    """The fake, plus one real-server RBAC rule the base class does not model: a list or
-    watch with ``fieldSelector=metadata.name=X`` is authorized as a request naming ``X`` (so
-    ``resourceNames`` applies to it). Optionally listens on a pre-made socket."""
-
-    def __init__(self, *, sock: socket.socket | None = None, **kw: Any) -> None:
-        super().__init__(**kw)
-        self._sock = sock
-        self._selected_name: str | None = None
-
-    async def _handle_inner(self, req: Any, path: str) -> Any:
-        name = None
-        with contextlib.suppress(Exception):
-            for key, op, value in parse_field_selector(
-                    _SECRET_KIND, req.query.get("fieldSelector", "")):
-                if key == "metadata.name" and op == "=":
-                    name = value
-        self._selected_name = name
-        return await super()._handle_inner(req, path)  # type: ignore[misc]
-
-    def _authorize(self, verb: str, kind: Any, sub: str | None, ns: str | None,
-                   name: str | None) -> None:
-        if name is None and verb in ("list", "watch"):
-            name = self._selected_name
-        super()._authorize(verb, kind, sub, ns, name)  # type: ignore[misc]
-
-    async def start(self) -> str:
-        if self._sock is None:
-            return await super().start()
-        from aiohttp import web
-        self._loop = asyncio.get_running_loop()
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)  # type: ignore[attr-defined]
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.SockSite(self._runner, self._sock)
-        await site.start()
-        host, port = self._sock.getsockname()[:2]
-        self.url = f"http://{host}:{port}"
-        return self.url
-
-
-_SECRET_KIND = KINDS["secrets"]
-
-
-def deploy_rbac(srv: FakeApiServer) -> None:
-    """Load the Role (namespaced) and ClusterRole rules of deploy/rbac.yaml into the fake."""
-    docs = list(yaml.safe_load_all((ROOT / "deploy" / "rbac.yaml").read_text()))
-    role = next(d for d in docs if d and d["kind"] == "Role")
-    crole = next(d for d in docs if d and d["kind"] == "ClusterRole")
-    srv.enable_rbac(role["rules"], namespace=role["metadata"]["namespace"])
-    srv.enable_rbac(crole["rules"])
-
-
 def tunnels_yaml(tunnels: dict[str, dict[str, Any]]) -> str:
     return yaml.safe_dump(tunnels)
-
-
-def secret(text: str, ns: str = NS) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "wireguard", "namespace": ns}, "stringData": {"tunnels": text}}
 
 
 def tunnel(vip: str, port: int, allowed: Sequence[str], *, endpoint: str = "10.99.0.1:51820",
            key: str = KEY, peer: str = PUB) -> dict[str, Any]:
     return {"vip": vip, "privateKey": key, "peerPublicKey": peer, "peerEndpoint": endpoint,
             "listenPort": port, "allowedIPs": list(allowed)}
-
-
-def lb_service(name: str, vip: str, ports: Sequence[tuple[int, str, int]],
-               ns: str = "default") -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": name, "namespace": ns,
-                         "annotations": {"kube-vip.io/loadbalancerIPs": vip}},
-            "spec": {"type": "LoadBalancer", "ports": [
-                {"name": f"p{p}", "port": p, "protocol": proto, "targetPort": tp}
-                for p, proto, tp in ports]}}
-
-
-def slice_(service: str, addrs: Sequence[str], ports: Sequence[tuple[str, int, str]],
-           ns: str = "default") -> dict[str, Any]:
-    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": f"{service}-x", "namespace": ns,
-                         "labels": {"kubernetes.io/service-name": service}},
-            "addressType": "IPv4",
-            "endpoints": [{"addresses": [a], "conditions": {"ready": True}} for a in addrs],
-            "ports": [{"name": n, "port": p, "protocol": pr} for n, p, pr in ports]}
 
 
 # -- part 1: in-process wiring -----------------------------------------------------------------
@@ -235,7 +155,7 @@ def test_kubernetes_mode_wiring_under_deploy_rbac(tmp_path: Path) -> None:
             assert m.running == ["wg0"]
             # a new endpoint, then the Secret deleted: everything torn down
             srv.seed(slice_("dns", ["10.1.0.7", "10.1.0.8"], [("p53", 5353, "UDP")]))
-            await wait_for(lambda: len(forwarders().get((53, "UDP")).targets) == 2)
+            await wait_for(lambda: len(forwarders()[(53, "UDP")].targets) == 2)
             srv.delete("secrets", NS, "wireguard")
             await wait_for(lambda: m.running == [])
             stop.set()

@@ -79,6 +79,7 @@ class VpnTunnel:
     vpn_public: str
     cluster_private: str = field(repr=False)
     cluster_public: str
+    vpn_private: str = field(default="", repr=False)
 
     def spec(
         self,
@@ -224,16 +225,29 @@ class Topology:
             vpn_public=to_base64(public_key(vpn_private)),
             cluster_private=to_base64(cluster_private),
             cluster_public=to_base64(public_key(cluster_private)),
+            vpn_private=to_base64(vpn_private),
         )
-        wg.set_conf(
-            to_base64(vpn_private),
-            listen_port=port,
-            peers=[testbed.PeerConf(t.cluster_public, None, [f"{vip}/32"])],
-        )
-        wg.up(1420)
-        self.vpn.ip("route", "add", f"{vip}/32", "dev", iface)
+        self._configure_vpn(t)
         self.tunnels[iface] = t
         return t
+
+    def _configure_vpn(self, t: VpnTunnel) -> None:
+        assert self.vpn is not None
+        t.wg.set_conf(
+            t.vpn_private,
+            listen_port=t.port,
+            peers=[testbed.PeerConf(t.cluster_public, None, [f"{t.vip}/32"])],
+        )
+        t.wg.up(1420)
+        self.vpn.ip("route", "add", f"{t.vip}/32", "dev", t.iface)
+
+    def restart_vpn_tunnel(self, iface: str = "wg0") -> None:
+        """Stop the VPN node's implementation for ``iface`` and start it again with the same
+        key and peer (a VPN node reboot: every session and learned endpoint is lost)."""
+        t = self.tunnels[iface]
+        t.wg.stop()
+        t.wg.start()
+        self._configure_vpn(t)
 
     def close(self) -> None:
         """Stop everything started here and delete every namespace. Idempotent."""

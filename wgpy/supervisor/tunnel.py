@@ -11,7 +11,9 @@ leader sets up, in order (kube-vip-wireguard.md §5.2, minus what userspace make
 4. the VIP (with its prefix) on the TUN, link up;
 5. a route per AllowedIPs CIDR via the TUN in the main table. The pod runs with its own network
    namespace (hostNetwork false), so this only steers the pod's replies to tunnel clients; no
-   fwmark/policy-routing dance is needed, unlike kube-vip on the host's namespace;
+   fwmark/policy-routing dance is needed, unlike kube-vip on the host's namespace. If those
+   routes would capture the peer endpoint itself, its current route is pinned first as a host
+   route (:mod:`wgpy.supervisor.pinroute`), removed again on teardown;
 6. persistent keepalive 5 s: turning it on sends the first packet (an initiation) at once, so
    the VPN node learns the new endpoint without waiting for traffic.
 
@@ -39,6 +41,7 @@ from wgpy.io.loop import DeviceRunner, interface_exists
 from wgpy.peer import Peer
 from wgpy.supervisor.config import Tunnel
 from wgpy.supervisor.model import TunnelStatus
+from wgpy.supervisor.pinroute import Pin, PinError, covers, pin, unpin
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,7 @@ class TunnelRuntime:
         self.runner: DeviceRunner | None = None
         self.endpoint: tuple[str, int] | None = None
         self._thread: threading.Thread | None = None
+        self._pin: Pin | None = None
 
     @property
     def name(self) -> str:
@@ -127,11 +131,12 @@ class TunnelRuntime:
                     f"tunnel {t.name}: cannot bind UDP port {t.listen_port}: {e.strerror}"
                 ) from None
             try:
+                self._pin_endpoint()  # before any route that could capture it exists
                 netlink.add_address(t.name, t.vip)
                 netlink.set_link_up(t.name)
                 for net in t.allowed_ips:
                     self._add_route(net)
-            except TunError as e:
+            except (TunError, PinError) as e:
                 raise TunnelError(f"tunnel {t.name}: {e}") from None
             # Turning the keepalive on stages an initiation (no session yet): send it now,
             # before the loop's first wake-up, so the VPN node sees us at once.
@@ -146,6 +151,7 @@ class TunnelRuntime:
         except BaseException:
             self.device = self.peer = self.runner = None
             self._thread = None
+            self._unpin_endpoint()
             if runner is not None:
                 runner.close()  # closes the TUN too: the link, its address and routes go
             elif tun is not None:
@@ -158,6 +164,19 @@ class TunnelRuntime:
             t.vip,
             *self.endpoint,
         )
+
+    def _pin_endpoint(self) -> None:
+        """If allowedIPs (or the VIP's prefix) covers the endpoint, pin the endpoint's current
+        route so the encrypted UDP does not loop into the tunnel (see :mod:`.pinroute`)."""
+        assert self.endpoint is not None
+        t = self.tunnel
+        if covers([*t.allowed_ips, t.vip.network], self.endpoint[0]):
+            self._pin = pin(self.endpoint[0])
+
+    def _unpin_endpoint(self) -> None:
+        p, self._pin = self._pin, None
+        if p is not None:
+            unpin(p)
 
     def _add_route(self, net: netlink.IPNetwork) -> None:
         # A VIP with a wider prefix already brought its connected route; that is fine.
@@ -173,7 +192,12 @@ class TunnelRuntime:
             log.exception("tunnel %s: device loop failed", self.name)
             return
         if reason != "tunnel stopped":
-            log.warning("tunnel %s: device loop ended: %s", self.name, reason)
+            # Not asked to stop: the link was deleted under us (``ip link del``: reads fail
+            # with EBADFD, or the housekeeping sees it gone) or the device failed. The
+            # manager notices (``alive`` is False) and brings the tunnel up again.
+            gone = " (interface deleted)" if not interface_exists(self.name) else ""
+            log.error("tunnel %s: device loop ended: %s%s; the tunnel is down until the "
+                      "supervisor brings it up again", self.name, reason, gone)
 
     def _wait_link_gone(self) -> None:
         with contextlib.suppress(Exception):
@@ -192,6 +216,7 @@ class TunnelRuntime:
                 log.error("tunnel %s: device loop did not stop in %.0fs", self.name, STOP_TIMEOUT)
         if runner is not None or thread is not None:
             self._wait_link_gone()
+            self._unpin_endpoint()  # after the link: its allowedIPs routes are gone by now
             log.info("tore down WireGuard tunnel %s", self.name)
         self._thread = None
         self.runner = None
