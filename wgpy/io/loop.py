@@ -199,20 +199,21 @@ class DeviceRunner:
             self.bind_port(self.device.listen_port)
             self.device.listen_port = self.bind.port
         next_check = self.clock() + HOUSEKEEPING
+        get_timer = self.device.get_timer
+        select = self.sel.select
+        clock = self.clock
+        deadline = get_timer()
         try:
             while not self.stopping:
-                now = self.clock()
-                deadline = self.device.get_timer()
-                limit = next_check
-                if deadline is not None and deadline < limit:
-                    limit = deadline
-                timeout = max(0.0, limit - now)
-                for key, _mask in self.sel.select(timeout):
+                now = clock()
+                limit = next_check if deadline is None or deadline > next_check else deadline
+                for key, _mask in select(limit - now if limit > now else 0.0):
                     key.data(key.fileobj)
-                now = self.clock()
-                deadline = self.device.get_timer()
+                now = clock()
+                deadline = get_timer()  # once per wake-up: events may have moved timers
                 if deadline is not None and now >= deadline:
                     self.device.handle_timer(now=max(deadline, now))
+                    deadline = get_timer()
                 self._flush()
                 if now >= next_check:
                     next_check = now + HOUSEKEEPING
