@@ -298,14 +298,14 @@ async def run_embedded(s: Settings) -> int:
     assert s.tunnels_file is not None
     path = s.tunnels_file
     key = _file_key(path)
+    warning = insecure_file_warning(path)  # the file holds the cluster's private keys
+    if warning:
+        log.warning("%s", warning.removeprefix("Warning: "))
     try:
         tunnels = load_tunnels_file(path, s)
     except ConfigError as e:
         log.error("%s", e)
         return 2
-    warning = insecure_file_warning(path)  # the file holds the cluster's private keys
-    if warning:
-        log.warning("%s", warning.removeprefix("Warning: "))
 
     def elector(**callbacks: Any) -> LocalLockElector:
         return LocalLockElector(s.lock_file, s.node_name, retry_period=s.retry_period, **callbacks)

@@ -1,0 +1,260 @@
+"""Five supervisor gaps found in review, each fixed and checked here.
+
+a. allowedIPs covering the VPN node's endpoint: a pinned host route keeps the tunnel's own UDP
+   out of the tunnel (root, namespaces).
+b. the TAI64N bound is on the Lease *before* the device's first initiation.
+c. readiness with the Secret missing / deleted: ready, saying "no tunnels configured".
+d. ``--tunnels-file`` readable by others: a warning.
+e. forward refusals: ``ForwardStats.refused`` exported as ``wgpy_forward_refused_total``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from noise import tai64n
+from tests.fakeapi import FakeApiServer, write_kubeconfig
+from tests.supervisor_support import (
+    FORWARD,
+    NS,
+    Scenario,
+    answered_by,
+    embedded_scenario,
+    secret,
+)
+from tests.support import needs_root
+from tests.test_supervisor_k8s import StubForwarder, StubRuntime
+from wgpy.supervisor import main as sup_main
+from wgpy.supervisor import metrics
+from wgpy.supervisor.http import HttpServer
+from wgpy.supervisor.kube import KubeSettings, run_kubernetes_mode
+from wgpy.supervisor.manager import FLOOR_ANNOTATION, Supervisor, parse_floor
+from wgpy.supervisor.model import ForwardStats, SupervisorStatus, TunnelStatus
+from wgpy.supervisor.pinroute import covers
+from wgpy.topology import CLIENT_NETS, VPN_IP, tunnels_yaml
+
+KEY = "YAZz1bqVoCv2ko9Phlp+EzYKYxyGlqMixBPOSTMhhEA="
+PUB = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
+
+
+# -- a. routing loop ---------------------------------------------------------------------------
+
+
+def test_covers() -> None:
+    nets = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8")]
+    assert covers(nets, "10.1.2.3") and covers(nets, "fd00::1")
+    assert not covers(nets, "11.0.0.1") and not covers(nets, "fe80::1")
+
+
+@pytest.fixture
+def scenario(tmp_path: Path) -> Iterator[Scenario]:
+    with embedded_scenario(tmp_path, nodes=("a",)) as sc:
+        yield sc
+
+
+def _route_dev(sc: Scenario, dst: str) -> str:
+    out = sc.topo.nodes["a"].ip("route", "get", dst).stdout.split()
+    return out[out.index("dev") + 1]
+
+
+def _host_routes(sc: Scenario) -> str:
+    return sc.topo.nodes["a"].ip("route", "show", f"{VPN_IP}/32").stdout.strip()
+
+
+@pytest.mark.interop
+@needs_root
+def test_allowed_ips_covering_the_endpoint_do_not_loop(scenario: Scenario) -> None:
+    """allowedIPs 10.77.0.0/30 contains the VPN node (10.77.0.1) and is more specific than
+    the node's connected /24: without the pinned host route the encrypted UDP would enter
+    wg0 itself and the tunnel could never come up."""
+    sc = scenario
+    spec = sc.wg0.spec(allowed_ips=["10.77.0.0/30", CLIENT_NETS[0]], forward=FORWARD)
+    sc.write(tunnels_yaml({"wg0": spec}))
+    sc.start("a")
+    answered_by(sc, "a", timeout=15)
+    assert _route_dev(sc, VPN_IP) == "ul0"      # pinned: the underlay, not the tunnel
+    assert _route_dev(sc, "10.77.0.2") == "wg0"  # the rest of the /30 does go in
+    assert _host_routes(sc) != ""
+    assert "pinned its route" in sc.log("a")
+    sc.procs["a"].send_signal(signal.SIGTERM)
+    assert sc.procs["a"].wait(10) == 0
+    assert _host_routes(sc) == ""  # removed on teardown
+
+
+# -- b. the TAI64N bound is stored before the first initiation ---------------------------------
+
+
+def test_tai64n_bound_is_on_the_lease_before_the_first_initiation(tmp_path: Path) -> None:
+    """The retry period is 5 s, so without an immediate write the bound would reach the Lease
+    only ~5 s after the device started; the runtime checks the Lease when it starts."""
+    srv = FakeApiServer(bookmark_interval=1)
+    srv.start_in_thread()
+    try:
+        srv.seed(secret(tunnels_yaml({"wg0": {
+            "vip": "10.200.0.1/32", "privateKey": KEY, "peerPublicKey": PUB,
+            "peerEndpoint": "10.99.0.1:51820", "listenPort": 51820,
+            "allowedIPs": ["10.100.0.0/16"]}})))
+        kc = write_kubeconfig(tmp_path / "kc", srv.url)
+        seen: list[tuple[str | None, int]] = []
+
+        class CheckingRuntime(StubRuntime):
+            def start(self, timestamp_floor: bytes) -> None:
+                lease = srv.get("leases", NS, "plndr-cp-lock") or {}
+                ann = (lease.get("metadata") or {}).get("annotations") or {}
+                seen.append((ann.get(FLOOR_ANNOTATION + "wg0"), time.time_ns()))
+                super().start(timestamp_floor)
+
+        settings = KubeSettings.from_env(
+            {"vip_nodename": "n1", "POD_NAMESPACE": NS, "vip_leaseduration": "15",
+             "vip_renewdeadline": "10", "vip_retryperiod": "5", "svc_enable": "false",
+             "cp_enable": "false"}, http_host="127.0.0.1", http_port=0, kubeconfig=str(kc))
+        managers: list[Supervisor] = []
+
+        def factory(identity: str, *, elector_factory: Any) -> Supervisor:
+            m = Supervisor(identity, elector_factory=elector_factory,
+                           runtime_factory=CheckingRuntime,
+                           forwarder_factory=StubForwarder)  # type: ignore[arg-type]
+            managers.append(m)
+            return m
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            task = asyncio.ensure_future(run_kubernetes_mode(settings, factory, stop=stop))
+            for _ in range(200):
+                if seen:
+                    break
+                await asyncio.sleep(0.05)
+            stop.set()
+            assert await asyncio.wait_for(task, 15) == 0
+
+        asyncio.run(main())
+        assert seen, "the tunnel never started"
+        stored, started_ns = seen[0]
+        assert stored is not None, "no TAI64N bound on the Lease when the device started"
+        # the bound is ahead of anything the device can send at start (its clock, now)
+        assert tai64n.after(parse_floor(stored), tai64n.stamp(started_ns))
+    finally:
+        srv.stop()
+
+
+# -- c. readiness without a Secret -------------------------------------------------------------
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_missing_then_deleted_secret_is_ready_with_no_tunnels(tmp_path: Path) -> None:
+    """Decision (see SupervisorStatus.ready): a configuration with no tunnels — the Secret
+    absent at start or deleted later — is a valid one: ready, running for election, and the
+    /readyz text says why nothing is up. Not ready stays for "nothing read yet" and "leader
+    with a tunnel down"."""
+    srv = FakeApiServer(bookmark_interval=1)
+    srv.start_in_thread()
+    try:
+        kc = write_kubeconfig(tmp_path / "kc", srv.url)
+        settings = KubeSettings.from_env(
+            {"vip_nodename": "n1", "POD_NAMESPACE": NS, "vip_leaseduration": "2",
+             "vip_renewdeadline": "1", "vip_retryperiod": "0.3", "svc_enable": "false",
+             "cp_enable": "false"}, http_host="127.0.0.1", http_port=0, kubeconfig=str(kc))
+        managers: list[Supervisor] = []
+
+        def factory(identity: str, *, elector_factory: Any) -> Supervisor:
+            m = Supervisor(identity, elector_factory=elector_factory,
+                           runtime_factory=StubRuntime,
+                           forwarder_factory=StubForwarder)  # type: ignore[arg-type]
+            managers.append(m)
+            return m
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            stop = asyncio.Event()
+            task = asyncio.ensure_future(run_kubernetes_mode(settings, factory, stop=stop))
+            while not managers:
+                await asyncio.sleep(0.01)
+            m = managers[0]
+            assert not m.status().ready  # nothing read yet
+            http = HttpServer(m.status, loop=loop, host="127.0.0.1", port=0)
+            port = http.start()
+            try:
+                async def readyz() -> tuple[int, str]:
+                    return await asyncio.to_thread(_get, port, "/readyz")
+
+                async def until(cond: Any, what: str) -> None:
+                    for _ in range(200):
+                        if cond():
+                            return
+                        await asyncio.sleep(0.05)
+                    raise AssertionError(what)
+
+                await until(lambda: m.status().ready and m.is_leader, "ready leader, no Secret")
+                code, text = await readyz()
+                assert code == 200, text
+                assert "no tunnels configured: secret kube-system/wireguard not found" in text
+                srv.seed(secret(tunnels_yaml({"wg0": {
+                    "vip": "10.200.0.1/32", "privateKey": KEY, "peerPublicKey": PUB,
+                    "peerEndpoint": "10.99.0.1:51820", "listenPort": 51820,
+                    "allowedIPs": ["10.100.0.0/16"]}})))
+                await until(lambda: m.running == ["wg0"], "wg0 up once the Secret exists")
+                code, text = await readyz()
+                assert (code, text) == (200, "ready\n")
+                srv.delete("secrets", NS, "wireguard")
+                await until(lambda: m.running == [], "everything down after the delete")
+                code, text = await readyz()
+                assert code == 200 and "secret kube-system/wireguard not found" in text
+            finally:
+                http.stop()
+                stop.set()
+                assert await asyncio.wait_for(task, 15) == 0
+
+        asyncio.run(main())
+    finally:
+        srv.stop()
+
+
+# -- d. the tunnels file's permissions ---------------------------------------------------------
+
+
+def test_tunnels_file_readable_by_others_warns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = tmp_path / "t.yaml"
+    f.write_text("wg0:\n  vip: 10.0.0.1/32\n")  # invalid: exits before running
+    lock = str(tmp_path / "l")
+    os.chmod(f, 0o644)
+    assert sup_main.main(["--tunnels-file", str(f), "--lock-file", lock]) == 2
+    err = capsys.readouterr().err
+    assert f"WARNING {f} holds keys and is accessible by others (mode 0644); chmod 600" in err
+    os.chmod(f, 0o600)
+    assert sup_main.main(["--tunnels-file", str(f), "--lock-file", lock]) == 2
+    assert "accessible by others" not in capsys.readouterr().err
+
+
+# -- e. forward refusals in /metrics -----------------------------------------------------------
+
+
+def test_refusals_are_exported() -> None:
+    t = TunnelStatus("wg0", "10.200.0.1/32", up=True,
+                     forwards={(6443, "TCP"): ForwardStats(connections=5, errors=4, refused=3)})
+    st = SupervisorStatus("n", leader=True, config_loaded=True, tunnels={"wg0": t})
+    text = metrics.render(st, now_unix=time.time())
+    assert ('wgpy_forward_refused_total{tunnel="wg0",vip="10.200.0.1/32",port="6443",'
+            'protocol="TCP"} 3') in text
+    assert "# TYPE wgpy_forward_refused_total counter" in text
+
+
