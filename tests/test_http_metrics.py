@@ -171,10 +171,12 @@ def test_http_probes_metrics_stuck_loop_and_failing_status() -> None:
             state["st"].tunnels["wg1"].up = True
             assert (await get("/readyz"))[0] == 200
             state["st"] = SupervisorStatus("b", leader=False, config_loaded=True)
-            assert (await get("/readyz"))[:3:2] == (200, "ready\n")
+            assert (await get("/readyz"))[:3:2] == (200, "ready (no tunnels configured)\n")
+            state["st"] = SupervisorStatus("b", config_loaded=True, config_note="why")
+            assert (await get("/readyz"))[:3:2] == (200, "ready (no tunnels configured: why)\n")
             state["st"] = SupervisorStatus("b")
             assert (await get("/readyz"))[::2] == (503, "not ready: no valid tunnels "
-                                                        "configuration\n")
+                                                        "configuration yet\n")
             state["raise"] = True
             assert (await get("/healthz"))[::2] == (503, "status failed: RuntimeError\n")
             assert (await get("/metrics"))[0] == 503

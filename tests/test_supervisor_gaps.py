@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import os
 import signal
 import time
@@ -230,6 +231,20 @@ def test_missing_then_deleted_secret_is_ready_with_no_tunnels(tmp_path: Path) ->
 # -- d. the tunnels file's permissions ---------------------------------------------------------
 
 
+@pytest.fixture
+def root_handlers() -> Iterator[None]:
+    """main() installs a stderr handler on the root logger; put the old ones back so later
+    tests do not log into this test's closed capture stream."""
+    root = logging.getLogger()
+    saved, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = saved
+        root.setLevel(level)
+
+
+@pytest.mark.usefixtures("root_handlers")
 def test_tunnels_file_readable_by_others_warns(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
