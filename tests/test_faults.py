@@ -161,6 +161,27 @@ def test_vpn_node_restarted_tunnel_rehandshakes(embedded: Scenario) -> None:
     assert sc.holder() == "node-a"
 
 
+def test_vpn_node_restarted_idle_tunnel_recovers(embedded: Scenario) -> None:
+    """(c, idle) The same restart with no traffic from the cluster side at all: standard
+    WireGuard would wait for REKEY_AFTER_TIME; the supervisor's devices start a handshake
+    after 25 s of silence from the peer (``Device.set_silence_handshake``), so the client's
+    requests are answered again within about half a minute, without anyone sending first."""
+    sc = embedded
+    start_leader_and_follower(sc)
+    with TunnelWatch(sc.topo) as w:
+        t0 = time.monotonic()
+        sc.topo.restart_vpn_tunnel("wg0")
+
+        def answered() -> bool:
+            return sc.topo.tcp_request(sc.wg0.vip, 6443, timeout=0.3) == "node-a"
+
+        wait_for(answered, 45, "traffic after the idle re-handshake", interval=0.5)
+        took = time.monotonic() - t0
+    print(f"\n(c, idle) VPN node restarted: traffic via node-a again {took:.2f} s later")
+    assert took <= 25 + REKEY_TIMEOUT + 6
+    w.assert_no_split_brain()
+
+
 def test_tun_deleted_under_the_leader_recovers(embedded: Scenario) -> None:
     """(d) ``ip link del wg0`` in the leader's namespace: a clear error in its log, and the
     supervisor brings the tunnel back (no failover needed)."""

@@ -210,3 +210,48 @@ def test_persistent_keepalive() -> None:
     assert p.pb.persistent_keepalive_at == pytest.approx(p.clock.now + 25)
     p.a.set_persistent_keepalive(p.pb, 0, now=p.clock.now)
     assert p.pb.persistent_keepalive_at is None
+
+
+def test_silence_handshake_recovers_a_peer_that_lost_its_state() -> None:
+    p = established()
+    p.advance(1.0)
+    p.a.set_persistent_keepalive(p.pb, 5, now=p.clock.now)
+    p.a.set_silence_handshake(p.pb, 25.0, now=p.clock.now)
+    p.pump()
+    # an alive but idle peer: one handshake per 25 s of silence (B's passive keepalive at
+    # t=10 was the last thing A heard), and it completes
+    p.advance(15.0)
+    n = initiations(p.sent_a)
+    due = p.pb.silence_handshake_at
+    assert due == pytest.approx(10.0 + 25.0)
+    p.advance(due - 0.1)
+    assert initiations(p.sent_a) == n
+    p.advance(due + 0.1)
+    assert initiations(p.sent_a) == n + 1
+    assert p.pb.current is not None and p.pb.current.created == pytest.approx(due)
+    # B "restarts": it forgets A's session and has no endpoint for A
+    assert p.b.public_key is not None
+    p.b.remove_peer(p.a.public_key or b"")
+    pa = p.b.add_peer(p.a.public_key or b"", now=p.clock.now)
+    p.b.set_allowed_ips(pa, ["10.99.0.1/32"])
+    p.pa = pa
+    t_restart = p.clock.now
+    reply = ipv4(B_TUN, A_TUN, b"from the restarted side")
+    p.b.receive_tun_packet(reply, now=p.clock.now)  # cannot go anywhere: no endpoint, no key
+    assert p.b.datagrams_to_send() == []
+    p.advance(t_restart + 30.0)
+    # A re-initiated within the silence interval; B now knows A again and can reach it
+    assert pa.current is not None and pa.endpoint is not None
+    assert p.pb.current is not None and p.pb.current.created - t_restart < 26.0
+    p.send_b(b"after the restart")
+    assert p.delivered_a[-1] == ipv4(B_TUN, A_TUN, b"after the restart")
+
+
+def test_silence_handshake_is_off_by_default() -> None:
+    p = established()
+    p.advance(15.0)  # B's passive keepalive (t=10) answered A's data
+    n = initiations(p.sent_a)
+    p.a.set_persistent_keepalive(p.pb, 5, now=p.clock.now)
+    p.advance(100.0)  # silence, keepalives only: standard WireGuard does not re-initiate
+    assert initiations(p.sent_a) == n
+    assert p.pb.silence_handshake_at is None

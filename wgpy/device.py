@@ -210,6 +210,18 @@ class Device:
         elif was == 0 and peer.endpoint is not None:
             self.send_keepalive(peer, now=now)
 
+    def set_silence_handshake(self, peer: Peer, interval: float, *, now: float) -> None:
+        """wgpy extension: start a handshake once ``peer`` was silent ``interval`` seconds.
+
+        WireGuard itself never initiates for an idle tunnel whose peer lost its state (a
+        restarted server): keepalives are not data, so nothing notices until REKEY_AFTER_TIME.
+        A peer that can only be reached through us (no endpoint of ours on its side) then stays
+        cut off for up to two minutes. With this, an idle-but-alive peer costs one handshake
+        per ``interval``; 0 turns it off (the default).
+        """
+        peer.silence_interval = max(0.0, interval)
+        peer.silence_handshake_at = now + interval if interval > 0 else None
+
     def set_allowed_ips(self, peer: Peer, networks: Iterable[str]) -> None:
         self.allowed_ips.remove_by_owner(peer)
         for n in networks:
@@ -387,7 +399,7 @@ class Device:
         peer.endpoint = addr
         peer.rx_bytes += len(data)
         peer.timers_any_authenticated_packet_traversal(now=now)
-        peer.timers_any_authenticated_packet_received()
+        peer.timers_any_authenticated_packet_received(now=now)
         self._send_response(peer, now=now)
 
     def _lookup_handshake(self, public_key: bytes) -> Handshake | None:
@@ -455,7 +467,7 @@ class Device:
         peer.rx_bytes += len(data)
         self.handshakes_completed += 1
         peer.timers_any_authenticated_packet_traversal(now=now)
-        peer.timers_any_authenticated_packet_received()
+        peer.timers_any_authenticated_packet_received(now=now)
         peer.timers_session_derived(now=now)
         peer.timers_handshake_complete(wall_ns=self.wall_time_ns())
         if peer.staged:
@@ -509,7 +521,7 @@ class Device:
         peer.endpoint = addr
         peer.rx_bytes += len(data)
         peer.timers_any_authenticated_packet_traversal(now=now)
-        peer.timers_any_authenticated_packet_received()
+        peer.timers_any_authenticated_packet_received(now=now)
         self._keep_key_fresh_on_receive(peer, now=now)
         if not plaintext:
             return  # keepalive
@@ -668,7 +680,7 @@ class Device:
         peer.endpoint = addr
         peer.rx_bytes += nbytes
         peer.timers_any_authenticated_packet_traversal(now=now)
-        peer.timers_any_authenticated_packet_received()
+        peer.timers_any_authenticated_packet_received(now=now)
         self._keep_key_fresh_on_receive(peer, now=now)
         # per packet, the 1st data packet arms the keepalive and any later one asks for another
         for _ in range(min(data_packets, 2)):
@@ -700,6 +712,11 @@ class Device:
                 peer.persistent_keepalive_at = None
                 if peer.persistent_keepalive_interval > 0:
                     self.send_keepalive(peer, now=now)
+            t = peer.silence_handshake_at
+            if t is not None and now >= t:
+                peer.silence_handshake_at = None
+                if not self.initiate(peer, now=now):  # rate-limited or no endpoint yet
+                    peer.silence_handshake_at = now + peer.silence_interval
 
     def _expired_retransmit_handshake(self, peer: Peer, *, now: float) -> None:
         if peer.timer_handshake_attempts > MAX_TIMER_HANDSHAKES:

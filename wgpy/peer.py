@@ -44,6 +44,8 @@ class Peer:
         "rx_bytes",
         "send_keepalive_at",
         "sent_lastminute_handshake",
+        "silence_handshake_at",
+        "silence_interval",
         "staged",
         "timer_handshake_attempts",
         "tx_bytes",
@@ -73,6 +75,9 @@ class Peer:
         self.new_handshake_at: float | None = None
         self.zero_key_material_at: float | None = None
         self.persistent_keepalive_at: float | None = None
+        # wgpy extension (off by default): start a handshake when the peer was silent this long
+        self.silence_interval = 0.0
+        self.silence_handshake_at: float | None = None
 
     def __repr__(self) -> str:
         return short(self.public_key)
@@ -110,13 +115,17 @@ class Peer:
         """Call after sending any authenticated packet: handshake, data or keepalive."""
         self.send_keepalive_at = None
 
-    def timers_any_authenticated_packet_received(self) -> None:
+    def timers_any_authenticated_packet_received(self, *, now: float) -> None:
         """Call after receiving any authenticated packet: handshake, data or keepalive."""
         self.new_handshake_at = None
+        if self.silence_interval > 0:
+            self.silence_handshake_at = now + self.silence_interval
 
     def timers_handshake_initiated(self, *, now: float, jitter: float) -> None:
         """Call after sending a handshake initiation."""
         self.retransmit_handshake_at = now + REKEY_TIMEOUT + jitter
+        if self.silence_interval > 0:
+            self.silence_handshake_at = now + self.silence_interval
 
     def timers_handshake_complete(self, *, wall_ns: int) -> None:
         """Call after a response is consumed or the first packet on ``next`` arrives."""
@@ -140,6 +149,7 @@ class Peer:
         self.new_handshake_at = None
         self.zero_key_material_at = None
         self.persistent_keepalive_at = None
+        self.silence_handshake_at = None
 
     def next_deadline(self) -> float | None:
         best: float | None = None
@@ -149,6 +159,7 @@ class Peer:
             self.new_handshake_at,
             self.zero_key_material_at,
             self.persistent_keepalive_at,
+            self.silence_handshake_at,
         ):
             if t is not None and (best is None or t < best):
                 best = t

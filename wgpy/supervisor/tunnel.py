@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 
 MTU = 1420
 PERSISTENT_KEEPALIVE = 5
+# A VPN node that restarted has no session and no endpoint for us, and WireGuard never
+# re-initiates for an idle tunnel: without this, its clients could wait up to two minutes.
+SILENCE_HANDSHAKE = 25.0
 STOP_TIMEOUT = 5.0
 
 
@@ -141,6 +144,7 @@ class TunnelRuntime:
             # Turning the keepalive on stages an initiation (no session yet): send it now,
             # before the loop's first wake-up, so the VPN node sees us at once.
             device.set_persistent_keepalive(peer, PERSISTENT_KEEPALIVE, now=self.clock())
+            device.set_silence_handshake(peer, SILENCE_HANDSHAKE, now=self.clock())
             for data, addr in device.datagrams_to_send():
                 with contextlib.suppress(OSError):
                     runner.bind.sendto(data, addr)
