@@ -102,9 +102,9 @@ class UapiServer:
             try:
                 conn, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
-                return new
+                break
             except OSError:
-                return new
+                break
             if len(self.connections) >= MAX_CONNECTIONS:
                 # full: the oldest connection goes, so a real client always gets in
                 self.evicted += 1
@@ -112,6 +112,8 @@ class UapiServer:
             conn.settimeout(2.0)  # replies are written blocking, bounded by this
             self.connections[conn.fileno()] = Connection(conn)
             new.append(conn)
+        # an eviction may have closed a connection accepted earlier in this same batch
+        return [c for c in new if c.fileno() != -1]
 
     def readable(self, fd: int) -> bool:
         """Handle input on a connection; returns False when it was closed."""
