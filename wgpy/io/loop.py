@@ -59,6 +59,7 @@ class DeviceRunner:
         self.exit_reason = ""
         self.send_errors = 0
         self.tun_write_errors = 0
+        self.internal_errors = 0
         self._link_alive = link_alive
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -208,7 +209,11 @@ class DeviceRunner:
                 now = clock()
                 limit = next_check if deadline is None or deadline > next_check else deadline
                 for key, _mask in select(limit - now if limit > now else 0.0):
-                    key.data(key.fileobj)
+                    try:
+                        key.data(key.fileobj)
+                    except Exception:  # a bug must cost one event, never the interface
+                        self.internal_errors += 1
+                        log.exception("internal error handling %r", key.fileobj)
                 now = clock()
                 deadline = get_timer()  # once per wake-up: events may have moved timers
                 if deadline is not None and now >= deadline:
