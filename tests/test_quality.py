@@ -18,6 +18,7 @@ SANS_IO = [
         ROOT / "wgpy" / f
         for f in (
             "device.py",
+            "handshakes.py",
             "peer.py",
             "keypair.py",
             "messages.py",

@@ -25,25 +25,16 @@ The send and receive rules follow wireguard-go (``send.go``, ``receive.go``, ``t
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
 from collections import Counter
 from collections.abc import Callable, Iterable
 
 from noise import crypto, tai64n
-from noise.cookie import CookieChecker, source_bytes
-from noise.errors import NoiseError
+from noise.cookie import CookieChecker
 from noise.handshake import (
-    Handshake,
-    InitiationFields,
-    ResponseFields,
     StaticKeys,
-    consume_initiation,
-    consume_response,
-    create_response,
-    derive_keys,
 )
-from wgpy import messages
+from wgpy import handshakes, messages
 from wgpy.allowedips import AllowedIPs
 from wgpy.constants import (
     DEFAULT_MTU,
@@ -57,7 +48,6 @@ from wgpy.constants import (
     REKEY_ON_RECEIVE_AGE,
     REKEY_TIMEOUT,
     UNDER_LOAD_RATE,
-    UNDER_LOAD_STICKY,
     ZERO_KEY_MATERIAL_AFTER,
 )
 from wgpy.errors import CapacityError, ConfigError
@@ -281,16 +271,6 @@ class Device:
     def _drop(self, reason: str) -> None:
         self.drops[reason] += 1
 
-    def _under_load(self, *, now: float) -> bool:
-        """Handshake messages above ``under_load_rate`` per second: sticky for 1 s."""
-        if now - self._load_window_start >= 1.0:
-            self._load_window_start = now
-            self._load_count = 0
-        self._load_count += 1
-        if self._load_count > self.under_load_rate:
-            self._under_load_until = now + UNDER_LOAD_STICKY
-        return now < self._under_load_until
-
     # --- handshake initiation (send) --------------------------------------------------------
 
     def initiate(self, peer: Peer, *, now: float, is_retry: bool = False) -> bool:
@@ -298,32 +278,7 @@ class Device:
 
         Returns True if one was sent. After calling this, drain ``datagrams_to_send``.
         """
-        if not is_retry:
-            peer.timer_handshake_attempts = 0
-        if now - peer.last_sent_handshake < REKEY_TIMEOUT:
-            return False
-        if peer.endpoint is None or self.static is None:
-            return False
-        if peer.handshake.precomputed_static_static is None:
-            return False
-        peer.last_sent_handshake = now
-        self._clear_handshake(peer)
-        index = self._new_index(peer, None)
-        fields = peer.handshake.create_initiation(
-            self.static,
-            ephemeral_private=self.keygen(),
-            timestamp=self._timestamp(),
-            sender_index=index,
-        )
-        msg = messages.build_initiation(
-            index, fields.ephemeral, fields.encrypted_static, fields.encrypted_timestamp
-        )
-        peer.cookie_generator.add_macs(msg, now=now)
-        peer.timers_any_authenticated_packet_traversal(now=now)
-        peer.timers_any_authenticated_packet_sent()
-        self._send(peer, bytes(msg))
-        peer.timers_handshake_initiated(now=now, jitter=self._jitter())
-        return True
+        return handshakes.initiate(self, peer, now=now, is_retry=is_retry)
 
     # --- receive ----------------------------------------------------------------------------
 
@@ -336,158 +291,13 @@ class Device:
         if t == messages.MESSAGE_TRANSPORT:
             self._receive_transport(data, addr, now=now)
         elif t == messages.MESSAGE_INITIATION:
-            self._receive_initiation(data, addr, now=now)
+            handshakes.receive_initiation(self, data, addr, now=now)
         elif t == messages.MESSAGE_RESPONSE:
-            self._receive_response(data, addr, now=now)
+            handshakes.receive_response(self, data, addr, now=now)
         elif t == messages.MESSAGE_COOKIE_REPLY:
-            self._receive_cookie_reply(data, now=now)
+            handshakes.receive_cookie_reply(self, data, now=now)
         else:
             self._drop("unknown_type")
-
-    def _handshake_admitted(
-        self, data: bytes, addr: Endpoint, sender_index: int, *, now: float
-    ) -> bool:
-        """mac1, then the under-load policy: cookie reply or per-source rate limit."""
-        checker = self.cookie_checker
-        if checker is None:
-            self._drop("no_private_key")
-            return False
-        if not checker.check_mac1(data):
-            self._drop("invalid_mac1")
-            return False
-        if not self._under_load(now=now):
-            return True
-        try:
-            ip = ipaddress.ip_address(addr[0].split("%", 1)[0]).packed
-        except ValueError:
-            self._drop("bad_source")
-            return False
-        src = source_bytes(ip, addr[1])
-        if not checker.check_mac2(data, src, now=now):
-            nonce, enc = checker.create_reply(data, src, now=now)
-            self._out_datagrams.append(
-                (messages.build_cookie_reply(sender_index, nonce, enc), addr)
-            )
-            self._drop("cookie_reply_sent")
-            return False
-        if not self.rate_limiter.allow(ip, now=now):
-            self._drop("rate_limited")
-            return False
-        return True
-
-    def _receive_initiation(self, data: bytes, addr: Endpoint, *, now: float) -> None:
-        msg = messages.parse_initiation(data)
-        if msg is None:
-            self._drop("malformed")
-            return
-        if not self._handshake_admitted(data, addr, msg.sender_index, now=now):
-            return
-        assert self.static is not None
-        fields = InitiationFields(msg.ephemeral, msg.encrypted_static, msg.encrypted_timestamp)
-        try:
-            hs = consume_initiation(
-                self.static, fields, msg.sender_index, self._lookup_handshake, now=now
-            )
-        except NoiseError as e:
-            self._drop(e.reason)
-            return
-        peer = self.peers[hs.remote_static]
-        # consuming overwrote any initiation of ours: its index must go
-        entry = self.index_table.get(hs.local_index)
-        if entry is not None and entry[0] is peer and entry[1] is None:
-            del self.index_table[hs.local_index]
-        peer.endpoint = addr
-        peer.rx_bytes += len(data)
-        peer.timers_any_authenticated_packet_traversal(now=now)
-        peer.timers_any_authenticated_packet_received(now=now)
-        self._send_response(peer, now=now)
-
-    def _lookup_handshake(self, public_key: bytes) -> Handshake | None:
-        peer = self.peers.get(public_key)
-        return peer.handshake if peer is not None else None
-
-    def _send_response(self, peer: Peer, *, now: float) -> None:
-        index = self._new_index(peer, None)
-        fields = create_response(
-            peer.handshake, ephemeral_private=self.keygen(), sender_index=index
-        )
-        msg = messages.build_response(
-            index, peer.handshake.remote_index, fields.ephemeral, fields.encrypted_nothing
-        )
-        peer.cookie_generator.add_macs(msg, now=now)
-        keypair = Keypair(derive_keys(peer.handshake), now=now)
-        self.index_table[index] = (peer, keypair)
-        # responder: the new keypair waits in `next` until the initiator confirms it
-        self._free_keypair(peer.next)
-        peer.next = keypair
-        self._free_keypair(peer.previous)
-        peer.previous = None
-        peer.last_sent_handshake = now
-        peer.timers_session_derived(now=now)
-        peer.timers_any_authenticated_packet_traversal(now=now)
-        peer.timers_any_authenticated_packet_sent()
-        self._send(peer, bytes(msg))
-
-    def _receive_response(self, data: bytes, addr: Endpoint, *, now: float) -> None:
-        msg = messages.parse_response(data)
-        if msg is None:
-            self._drop("malformed")
-            return
-        if not self._handshake_admitted(data, addr, msg.sender_index, now=now):
-            return
-        assert self.static is not None
-        entry = self.index_table.get(msg.receiver_index)
-        if entry is None or entry[1] is not None:
-            self._drop("unknown_index")
-            return
-        peer = entry[0]
-        try:
-            consume_response(
-                peer.handshake,
-                self.static,
-                ResponseFields(msg.ephemeral, msg.encrypted_nothing),
-                msg.sender_index,
-            )
-        except NoiseError as e:
-            self._drop(e.reason)
-            return
-        keypair = Keypair(derive_keys(peer.handshake), now=now)
-        self.index_table[keypair.local_index] = (peer, keypair)
-        if peer.next is not None:
-            old_previous = peer.previous
-            peer.previous = peer.next
-            peer.next = None
-            self._free_keypair(peer.current)
-            self._free_keypair(old_previous)
-        else:
-            self._free_keypair(peer.previous)
-            peer.previous = peer.current
-        peer.current = keypair
-        peer.endpoint = addr
-        peer.rx_bytes += len(data)
-        self.handshakes_completed += 1
-        peer.timers_any_authenticated_packet_traversal(now=now)
-        peer.timers_any_authenticated_packet_received(now=now)
-        peer.timers_session_derived(now=now)
-        peer.timers_handshake_complete(wall_ns=self.wall_time_ns())
-        if peer.staged:
-            self._flush_staged(peer, now=now)
-        else:
-            self.send_keepalive(peer, now=now)  # key confirmation
-
-    def _receive_cookie_reply(self, data: bytes, *, now: float) -> None:
-        msg = messages.parse_cookie_reply(data)
-        if msg is None:
-            self._drop("malformed")
-            return
-        entry = self.index_table.get(msg.receiver_index)
-        if entry is None:
-            self._drop("unknown_index")
-            return
-        try:
-            entry[0].cookie_generator.consume_reply(msg.nonce, msg.encrypted_cookie, now=now)
-        except NoiseError as e:
-            self._drop(e.reason)
 
     def _receive_transport(self, data: bytes, addr: Endpoint, *, now: float) -> None:
         if len(data) < messages.MESSAGE_KEEPALIVE_SIZE:
