@@ -162,3 +162,34 @@ def test_fastpath_receive_batch_of_64(benchmark: Any, fast: Any) -> None:
     benchmark.pedantic(one, setup=setup, rounds=300)
     assert len(tun_b.take()) == BATCH
     assert fb.device.drops == {}
+
+
+SMALL = ipv4(A_TUN, B_TUN, bytes(64))  # a ping-sized packet
+
+
+def test_fastpath_one_small_packet_send(benchmark: Any, fast: Any) -> None:
+    """One ping-sized packet: the per-hop latency cost of the send side (TUN → UDP)."""
+    fa, _fb, sink, tun_a, _tun_b = fast
+
+    def setup() -> tuple[tuple[()], dict[str, object]]:
+        while select.select([sink], [], [], 0)[0]:
+            sink.recv(65536)
+        tun_a.inject(SMALL)
+        return (), {}
+
+    benchmark.pedantic(fa.on_tun, setup=setup, rounds=2000)
+
+
+def test_fastpath_one_small_packet_receive(benchmark: Any, fast: Any) -> None:
+    """One ping-sized datagram: the per-hop latency cost of the receive side (UDP → TUN)."""
+    fa, fb, sink, tun_a, tun_b = fast
+
+    def setup() -> tuple[tuple[socket.socket], dict[str, object]]:
+        tun_b.take()
+        tun_a.inject(SMALL)
+        fa.on_tun()
+        select.select([sink], [], [], 1.0)
+        return (sink,), {}
+
+    benchmark.pedantic(fb.on_udp, setup=setup, rounds=2000)
+    assert fb.device.drops == {}
