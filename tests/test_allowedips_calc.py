@@ -261,8 +261,7 @@ def test_registered_in_the_wgpy_cli() -> None:
     from wgpy import cli
 
     command = cli.find("allowed-ips")
-    if command is None:
-        pytest.skip("allowed-ips is not registered in wgpy/cli.py yet")
+    assert command is not None, "allowed-ips is not registered in wgpy/cli.py"
     assert command.load() is calc.main
     res = subprocess.run(
         [sys.executable, "-m", "wgpy.cli", "allowed-ips", "-x", "10.0.0.0/8", "-f", "csv"],

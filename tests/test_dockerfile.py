@@ -449,8 +449,7 @@ def test_entrypoint_runs(installed: Installed, dockerfile: list[Stage]) -> None:
 def test_entrypoint_supervisor_help(installed: Installed, dockerfile: list[Stage]) -> None:
     from wgpy import cli
 
-    if cli.find("supervisor") is None:
-        pytest.skip("`wgpy supervisor` is not registered in wgpy/cli.py yet")
+    assert cli.find("supervisor") is not None, "`wgpy supervisor` is not registered"
     (entry,) = [i for i in dockerfile[-1].instructions if i.keyword == "ENTRYPOINT"]
     argv = exec_form(entry)
     out = run_checked([str(installed.venv / "bin" / argv[0]), *argv[1:], "--help"],
