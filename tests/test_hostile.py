@@ -53,6 +53,7 @@ def _hostile(rng: random.Random, legit: list[bytes], initiation: bytes, index: i
     for _ in range(20):  # forged cookie replies for the live session's index
         out.append(messages.build_cookie_reply(index, rng.randbytes(24), rng.randbytes(32)))
     out += [initiation] * 5  # a replayed initiation: old timestamp
+    out += [b""] * 3  # empty datagrams
     for n in (147, 149, 91, 93, 63, 65):  # handshake messages of the wrong length
         out.append(bytes([1 if n > 100 else 2 if n > 70 else 3, 0, 0, 0]) + os.urandom(n - 4))
     return out

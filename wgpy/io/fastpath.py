@@ -279,6 +279,9 @@ class FastPath:
             except OSError:
                 break  # ICMP errors reported on the socket: nothing to do
             addr: Endpoint = (raw_addr[0], raw_addr[1])
+            if total == 0:  # an empty datagram: counted as the Device counts it
+                drops["unknown_type"] += 1
+                continue
             seg = total
             for level, kind, data in ancdata:
                 if level == SOL_UDP and kind == UDP_GRO:
