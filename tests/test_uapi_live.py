@@ -126,3 +126,5 @@ def test_many_idle_connections_are_bounded(dev: tb.WgInstance) -> None:
 def test_socket_and_directory_are_root_only(dev: tb.WgInstance) -> None:
     st = os.stat(dev.socket_path)
     assert stat.S_ISSOCK(st.st_mode) and st.st_mode & 0o077 == 0 and st.st_uid == 0
+    d = os.stat(os.path.dirname(dev.socket_path))  # a fresh tmpfs starts as 1777
+    assert stat.S_IMODE(d.st_mode) == 0o700 and d.st_uid == 0

@@ -37,6 +37,9 @@ def listen(path: str) -> socket.socket:
     """
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o700, exist_ok=True)
+    st = os.stat(directory)
+    if st.st_uid == 0 and stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(directory, 0o700)  # sockets of keys: root only (a fresh tmpfs is 1777)
     if os.path.exists(path):
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
