@@ -116,18 +116,7 @@ def test_tai64n_bound_is_on_the_lease_before_the_first_initiation(tmp_path: Path
                 seen.append((ann.get(FLOOR_ANNOTATION + "wg0"), time.time_ns()))
                 super().start(timestamp_floor)
 
-        settings = KubeSettings.from_env(
-            {"vip_nodename": "n1", "POD_NAMESPACE": NS, "vip_leaseduration": "15",
-             "vip_renewdeadline": "10", "vip_retryperiod": "5", "svc_enable": "false",
-             "cp_enable": "false"}, http_host="127.0.0.1", http_port=0, kubeconfig=str(kc))
-        managers: list[Supervisor] = []
-
-        def factory(identity: str, *, elector_factory: Any) -> Supervisor:
-            m = Supervisor(identity, elector_factory=elector_factory,
-                           runtime_factory=CheckingRuntime,
-                           forwarder_factory=StubForwarder)  # type: ignore[arg-type]
-            managers.append(m)
-            return m
+        settings, factory, _managers = _kube_mode(kc, ("15", "10", "5"), CheckingRuntime)
 
         async def main() -> None:
             stop = asyncio.Event()
@@ -169,18 +158,7 @@ def test_missing_then_deleted_secret_is_ready_with_no_tunnels(tmp_path: Path) ->
     srv.start_in_thread()
     try:
         kc = write_kubeconfig(tmp_path / "kc", srv.url)
-        settings = KubeSettings.from_env(
-            {"vip_nodename": "n1", "POD_NAMESPACE": NS, "vip_leaseduration": "2",
-             "vip_renewdeadline": "1", "vip_retryperiod": "0.3", "svc_enable": "false",
-             "cp_enable": "false"}, http_host="127.0.0.1", http_port=0, kubeconfig=str(kc))
-        managers: list[Supervisor] = []
-
-        def factory(identity: str, *, elector_factory: Any) -> Supervisor:
-            m = Supervisor(identity, elector_factory=elector_factory,
-                           runtime_factory=StubRuntime,
-                           forwarder_factory=StubForwarder)  # type: ignore[arg-type]
-            managers.append(m)
-            return m
+        settings, factory, managers = _kube_mode(kc, ("2", "1", "0.3"), StubRuntime)
 
         async def main() -> None:
             loop = asyncio.get_running_loop()
@@ -273,3 +251,22 @@ def test_refusals_are_exported() -> None:
     assert "# TYPE wgpy_forward_refused_total counter" in text
 
 
+def _kube_mode(
+    kc: Path, timings: tuple[str, str, str], runtime: type
+) -> tuple[KubeSettings, Any, list[Supervisor]]:
+    """Kubernetes-mode settings (lease duration/renew/retry), a manager factory using
+    ``runtime`` and stub forwarders, and the list the factory appends its managers to."""
+    duration, renew, retry = timings
+    settings = KubeSettings.from_env(
+        {"vip_nodename": "n1", "POD_NAMESPACE": NS, "vip_leaseduration": duration,
+         "vip_renewdeadline": renew, "vip_retryperiod": retry, "svc_enable": "false",
+         "cp_enable": "false"}, http_host="127.0.0.1", http_port=0, kubeconfig=str(kc))
+    managers: list[Supervisor] = []
+
+    def factory(identity: str, *, elector_factory: Any) -> Supervisor:
+        m = Supervisor(identity, elector_factory=elector_factory, runtime_factory=runtime,
+                       forwarder_factory=StubForwarder)  # type: ignore[arg-type]
+        managers.append(m)
+        return m
+
+    return settings, factory, managers
