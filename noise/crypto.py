@@ -25,6 +25,8 @@ XNONCE_SIZE = 24
 ZERO_KEY = bytes(KEY_SIZE)
 
 _NONCE = struct.Struct("<4xQ")
+pack_nonce = _NONCE.pack  # nonce(), as one C call: for the fast path
+AuthenticationFailed = InvalidTag  # raised by TransportCipher.decrypt_into
 _blake2s = hashlib.blake2s
 
 
@@ -140,16 +142,20 @@ class TransportCipher:
     """One ChaCha20-Poly1305 key of a transport session, its AEAD object built once.
 
     Reusing the object saves ~1.6 µs per packet (wireguard-protocol.md §12.2).
+
+    ``encrypt_into`` / ``decrypt_into`` are the AEAD's own methods (``pack_nonce(counter)``,
+    data, ``None``, out), for the fast path: one C call per packet, no Python frame between.
+    ``decrypt_into`` raises :data:`AuthenticationFailed` on a bad tag.
     """
 
-    __slots__ = ("_decrypt", "_decrypt_into", "_encrypt", "_encrypt_into")
+    __slots__ = ("_decrypt", "_encrypt", "decrypt_into", "encrypt_into")
 
     def __init__(self, key: bytes) -> None:
         c = ChaCha20Poly1305(key)
         self._encrypt = c.encrypt
         self._decrypt = c.decrypt
-        self._encrypt_into = c.encrypt_into
-        self._decrypt_into = c.decrypt_into
+        self.encrypt_into = c.encrypt_into
+        self.decrypt_into = c.decrypt_into
 
     def seal(self, counter: int, plaintext: bytes | bytearray | memoryview) -> bytes:
         return self._encrypt(_NONCE.pack(counter), plaintext, None)
@@ -158,7 +164,7 @@ class TransportCipher:
         self, counter: int, plaintext: bytes | bytearray | memoryview, out: bytearray | memoryview
     ) -> None:
         """Encrypt into ``out`` (exactly ``len(plaintext) + 16`` bytes)."""
-        self._encrypt_into(_NONCE.pack(counter), plaintext, None, out)
+        self.encrypt_into(_NONCE.pack(counter), plaintext, None, out)
 
     def open(self, counter: int, ciphertext: bytes | bytearray | memoryview) -> bytes | None:
         """Decrypt, or ``None`` when the tag does not verify."""
@@ -172,7 +178,7 @@ class TransportCipher:
     ) -> bool:
         """Decrypt into ``out`` (exactly ``len(ciphertext) - 16`` bytes); False on a bad tag."""
         try:
-            self._decrypt_into(_NONCE.pack(counter), ciphertext, None, out)
+            self.decrypt_into(_NONCE.pack(counter), ciphertext, None, out)
         except InvalidTag:
             return False
         return True
