@@ -7,6 +7,7 @@ counters and timers as the per-packet path.
 
 from __future__ import annotations
 
+import errno
 import select
 import socket
 import struct
@@ -251,3 +252,62 @@ def test_gro_buffers_are_split_into_datagrams(sides: tuple[Side, Side, Clock]) -
     assert a.fast.gso  # the kernel took the UDP_SEGMENT sends
     b.drain()
     assert b.tun.take() == packets
+
+
+class AnsweringTun(MemoryTun):
+    """A TUN whose stack answers each packet inside the write() that delivers it, as the
+    kernel queues an ICMP echo reply (or a TCP ACK) before the write returns."""
+
+    def write(self, packet: bytes | bytearray | memoryview) -> int:
+        n = super().write(packet)
+        data = bytes(packet)
+        src = ".".join(str(x) for x in data[12:16])
+        dst = ".".join(str(x) for x in data[16:20])
+        self.inject(ipv4(dst, src, b"re:" + data[20:]))
+        return n
+
+
+def test_the_answer_goes_out_within_the_receive_call(sides: tuple[Side, Side, Clock]) -> None:
+    """on_udp reads the TUN right after its first write: the answer is sealed and sent before
+    on_udp returns, with the receive bookkeeping before the send bookkeeping."""
+    a, b, clock = sides
+    b.tun.close()
+    b.tun = AnsweringTun("fpans")
+    b.fast = FastPath(b.dev, b.tun, b.bind, clock=clock)
+    handshake(a, b)  # the slow path wrote "hello": its answer waits in B's TUN
+    a.drain()
+    a.tun.take()
+    clock.now += 1.0
+    b.peer.send_keepalive_at = None
+    b.peer.new_handshake_at = None
+    a.tun.inject(ipv4(A_TUN, B_TUN, b"ping"))
+    a.fast.on_tun()
+    assert b.bind.v4 is not None
+    assert select.select([b.bind.v4], [], [], 1.0)[0]
+    b.fast.on_udp(b.bind.v4)  # one call, and no on_tun on B's side
+    assert b.tun.take() == [ipv4(A_TUN, B_TUN, b"ping")]
+    a.drain()
+    answers = a.tun.take()
+    assert ipv4(B_TUN, A_TUN, b"re:ping") in answers
+    # received, then sent (the ordinary path's order): data sent arms the new-handshake timer
+    # and cancels the keepalive the received data armed; the other order would do neither
+    assert b.peer.new_handshake_at is not None
+    assert b.peer.send_keepalive_at is None
+    assert b.peer.rx_bytes > 0 and b.peer.tx_bytes > 0
+    assert a.dev.drops == {} and b.dev.drops == {}
+
+
+def test_a_failing_tun_read_after_a_write_is_reported(sides: tuple[Side, Side, Clock]) -> None:
+    """The TUN read on_udp makes after writing must not be lost when the TUN fails there."""
+    a, b, _ = sides
+    handshake(a, b)
+
+    def broken(_buf: bytearray | memoryview) -> int:
+        raise OSError(errno.EBADFD, "File descriptor in bad state")
+
+    b.fast._read_into = broken  # type: ignore[assignment]
+    a.tun.inject(ipv4(A_TUN, B_TUN, b"x"))
+    a.fast.on_tun()
+    b.drain()
+    assert b.tun.take() == [ipv4(A_TUN, B_TUN, b"x")]
+    assert b.fast.tun_error is not None and "TUN read failed" in b.fast.tun_error

@@ -13,6 +13,13 @@ layer moves the common case — a data packet on an established session — with
   opened in place (``decrypt_into``), replay-checked *after* authentication, source-checked and
   written to the TUN from the same buffer.
 
+Latency comes first where it costs nothing in throughput: the first packet of a TUN read is
+sent at once, before the rest of the batch; and after the first packet ``on_udp`` writes to
+the TUN it reads the TUN (``on_tun``) before reading on, because the answer of a local stack
+(ICMP echo reply, TCP ACK) is usually queued by then. Bookkeeping comes after. On an idle
+machine every wake-up runs with cold caches, so each step saved before the ``sendto`` shows
+in the round-trip time (docs/benchmarks.md).
+
 Timers, endpoint and byte counters are updated once per batch and peer through
 ``Device.sent_batch`` / ``Device.received_batch``. Anything else — handshake messages, a first
 packet on a ``next`` session, no or ageing session, staged packets — goes to the ordinary
@@ -29,7 +36,10 @@ import socket
 import struct
 import sys
 from collections.abc import Callable
+from typing import Any
 
+from noise.crypto import AuthenticationFailed
+from noise.crypto import pack_nonce as _nonce
 from tun.base import TunDevice
 from wgpy import messages
 from wgpy.device import Device
@@ -49,6 +59,7 @@ HEADROOM = messages.TRANSPORT_HEADER_SIZE
 TAG = messages.TAG_SIZE
 ARENA = 4 * (MAX_PACKET + 64)
 RX_BUFFER = 65536 + 64
+_ARENA_LIMIT = ARENA - MAX_PACKET - HEADROOM - TAG - 16  # start a new arena pass beyond
 
 _HEADER = messages.TRANSPORT_HEADER
 _SEGMENT = struct.Struct("=H")
@@ -57,17 +68,6 @@ _CMSG_SPACE = socket.CMSG_SPACE(4)
 padding_size = messages.padding_size
 _TRANSPORT = messages.MESSAGE_TRANSPORT
 _KEEPALIVE = messages.MESSAGE_KEEPALIVE_SIZE
-
-
-class _Received:
-    """Per batch and peer: authenticated bytes, data packets written, last source address."""
-
-    __slots__ = ("addr", "nbytes", "packets")
-
-    def __init__(self, addr: Endpoint) -> None:
-        self.addr = addr
-        self.nbytes = 0
-        self.packets = 0
 
 
 class FastPath:
@@ -87,11 +87,16 @@ class FastPath:
         self.gso = True
         self.send_errors = 0
         self.tun_write_errors = 0
+        self.tun_error: str | None = None  # set when a TUN read inside on_udp failed
         self._file = _raw_file(tun)
+        self._read_into = self._file.readinto if self._file is not None else tun.read_into
+        self._write = self._file.write if self._file is not None else tun.write
+        self._pending_rx: dict[Peer, list[Any]] = {}  # received, not yet committed
         self._tx = bytearray(ARENA)
         self._txv = memoryview(self._tx)
         self._rx = bytearray(RX_BUFFER)
         self._rxv = memoryview(self._rx)
+        self._rx_bufs = [self._rxv]
         # the GSO run being built in the arena: [start, end) of datagrams of `seg` bytes each
         self._run_start = 0
         self._run_end = 0
@@ -113,7 +118,7 @@ class FastPath:
         seg = self._run_seg
         self._run_n = 0
         self._run_addr = None
-        sock = self._socket_for(addr)
+        sock = self.bind.v6 if ":" in addr[0] else self.bind.v4
         if sock is None:
             self.send_errors += n
             return
@@ -171,25 +176,28 @@ class FastPath:
 
     def on_tun(self) -> str | None:
         """Read, seal and send up to ``BATCH`` TUN packets. Returns an error text if the TUN
-        failed (the loop then stops), else None."""
+        failed (the loop then stops), else None.
+
+        Written for the first packet after idle as much as for throughput: the packet is sent
+        before any bookkeeping, and the loop keeps its state in locals (no per-packet calls
+        besides read, lookup and seal).
+        """
         dev = self.device
         now = self.clock()
-        read_into = self._file.readinto if self._file is not None else self.tun.read_into
-        lookup = dev.allowed_ips.lookup
+        read_into = self._read_into
         buf, view = self._tx, self._txv
-        mtu = dev.mtu
-        pack_into = _HEADER.pack_into
-        limit = len(buf) - MAX_PACKET - HEADROOM - TAG - 16
-        # per batch: the peer and keypair of the previous packet, and each peer's totals
+        # the peer of the previous packet, its keypair, seal and endpoint
         last_peer: Peer | None = None
         kp: Keypair | None = None
-        seal_into = None
+        seal = None
         endpoint: Endpoint | None = None
-        sent: dict[Peer, list[int]] = {}  # peer -> [bytes, data packets]
+        sent: list[tuple[Peer, int, int]] = []  # (peer, bytes, packets) of finished peers
+        nbytes = count = 0
         off = 0
+        first = True
         error: str | None = None
         for _ in range(BATCH):
-            if off > limit:
+            if off > _ARENA_LIMIT:
                 self._send_run()
                 off = 0
             body = off + HEADROOM
@@ -206,9 +214,9 @@ class FastPath:
                 break
             version = buf[body] >> 4 if n else 0
             if version == 4 and n >= 20:
-                peer = lookup(buf[body + 16 : body + 20])
+                peer = dev.allowed_ips.lookup(buf[body + 16 : body + 20])
             elif version == 6 and n >= 40:
-                peer = lookup(buf[body + 24 : body + 40])
+                peer = dev.allowed_ips.lookup(buf[body + 24 : body + 40])
             else:
                 dev.drops["malformed_outbound"] += 1
                 continue
@@ -216,18 +224,25 @@ class FastPath:
                 dev.drops["no_route"] += 1
                 continue
             if peer is not last_peer:
+                if count:
+                    sent.append((last_peer, nbytes, count))  # type: ignore[arg-type]
+                    nbytes = count = 0
                 last_peer = peer
                 kp = dev.sendable_keypair(peer, now=now, count=BATCH)
-                seal_into = kp.send.seal_into if kp is not None else None
+                seal = kp.send.encrypt_into if kp is not None else None
                 endpoint = peer.endpoint
-            if kp is None or seal_into is None or endpoint is None:
+            if kp is None or seal is None or endpoint is None:
                 # the ordinary path: it stages, handshakes or renews as the protocol says
                 self._send_run()
-                self._commit_sent(sent, now)
+                if count:
+                    sent.append((last_peer, nbytes, count))  # type: ignore[arg-type]
+                    nbytes = count = 0
+                self._commit(sent, now)
                 dev.receive_tun_packet(bytes(view[body : body + n]), now=now)
                 self.send_device_output()
                 last_peer = None  # its state may have changed
                 continue
+            mtu = dev.mtu
             # messages.padding_size, inlined for the common case
             pad = min((n + 15) & ~15, mtu) - n if n < mtu else padding_size(n, mtu)
             if pad:
@@ -235,85 +250,108 @@ class FastPath:
                 n += pad
             counter = kp.send_counter
             kp.send_counter = counter + 1
-            pack_into(buf, off, _TRANSPORT, kp.remote_index, counter)
-            seal_into(counter, view[body : body + n], view[body : body + n + TAG])
+            _HEADER.pack_into(buf, off, _TRANSPORT, kp.remote_index, counter)
+            seal(_nonce(counter), view[body : body + n], None, view[body : body + n + TAG])
             length = n + HEADROOM + TAG
-            totals = sent.get(peer)
-            if totals is None:
-                sent[peer] = [length, 1]
+            nbytes += length
+            count += 1
+            if first:  # out at once, before reading on: the latency of a lone packet
+                first = False
+                self._run_start, self._run_end = off, off + length
+                self._run_seg, self._run_n, self._run_addr = length, 1, endpoint
+                self._send_run()
+                continue  # its arena space is free again
+            if self._run_n:
+                self._add_to_run(off, length, endpoint)
             else:
-                totals[0] += length
-                totals[1] += 1
-            self._add_to_run(off, length, endpoint)
+                self._run_start, self._run_end = off, off + length
+                self._run_seg, self._run_n, self._run_addr = length, 1, endpoint
             off += length
         self._send_run()
-        self._commit_sent(sent, now)
+        if count:
+            sent.append((last_peer, nbytes, count))  # type: ignore[arg-type]
+        self._commit(sent, now)
         return error
 
-    def _commit_sent(self, sent: dict[Peer, list[int]], now: float) -> None:
-        for peer, (nbytes, count) in sent.items():
+    def _commit(self, sent: list[tuple[Peer, int, int]], now: float) -> None:
+        """Bookkeeping of what was received (first: the receive timers come before the send
+        timers, as on the ordinary path) and then of what ``sent`` lists."""
+        if self._pending_rx:
+            self._commit_received(now)
+        for peer, nbytes, count in sent:
             self.device.sent_batch(peer, nbytes, now=now, data=count > 0)
         sent.clear()
 
     # --- receiving -----------------------------------------------------------------------------
 
     def on_udp(self, sock: socket.socket) -> None:
-        """Receive, open and write to the TUN up to ``BATCH`` UDP reads' worth of datagrams."""
+        """Receive, open and write to the TUN up to ``BATCH`` UDP reads' worth of datagrams.
+
+        When packets were written, the TUN is read right away, before the bookkeeping: a
+        local answer (ICMP echo reply, TCP ACK) is usually queued by then, and sent first.
+        """
         dev = self.device
         now = self.clock()
         buf, view = self._rx, self._rxv
-        recvmsg_into = sock.recvmsg_into
-        unpack_from = _HEADER.unpack_from
-        receivable = dev.receivable_keypair
-        lookup = dev.allowed_ips.lookup
-        write = self._file.write if self._file is not None else self.tun.write
-        drops = dev.drops
-        # per batch: receiver index -> (peer, keypair); peer -> [bytes, data packets, addr]
-        sessions: dict[int, tuple[Peer, Keypair] | None] = {}
-        got: dict[Peer, _Received] = {}
+        rx_bufs = self._rx_bufs
+        write = self._write
+        pending = self._pending_rx  # peer -> [bytes, data packets, last source]
+        # the receiver index, peer and keypair of the previous datagram
+        last_receiver = -1
+        peer: Peer | None = None
+        kp: Keypair | None = None
+        totals: list[Any] | None = None
+        written = chained = False
         for _ in range(BATCH):
             try:
-                total, ancdata, _flags, raw_addr = recvmsg_into([view], _CMSG_SPACE)
+                total, ancdata, _flags, raw_addr = sock.recvmsg_into(rx_bufs, _CMSG_SPACE)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
                 break  # ICMP errors reported on the socket: nothing to do
             addr: Endpoint = (raw_addr[0], raw_addr[1])
             if total == 0:  # an empty datagram: counted as the Device counts it
-                drops["unknown_type"] += 1
+                dev.drops["unknown_type"] += 1
                 continue
             seg = total
-            for level, kind, data in ancdata:
-                if level == SOL_UDP and kind == UDP_GRO:
-                    seg = int.from_bytes(data, sys.byteorder) or total
+            if ancdata:
+                for level, kind, data in ancdata:
+                    if level == SOL_UDP and kind == UDP_GRO:
+                        seg = int.from_bytes(data, sys.byteorder) or total
             for start in range(0, total, seg):
-                end = min(start + seg, total)
+                end = start + seg if start + seg < total else total
                 if end - start < _KEEPALIVE or buf[start] != _TRANSPORT:
-                    self._slow_datagram(got, now, view[start:end], addr)
-                    sessions.clear()  # a handshake may have changed the index table
+                    self._slow_datagram(now, view[start:end], addr)
+                    last_receiver = -1  # a handshake may have changed the index table
                     continue
-                _t, receiver, counter = unpack_from(buf, start)
-                if receiver in sessions:
-                    session = sessions[receiver]
-                else:
-                    session = sessions[receiver] = receivable(receiver, now=now)
-                if session is None or _t != _TRANSPORT:
-                    self._slow_datagram(got, now, view[start:end], addr)
-                    sessions.clear()  # e.g. a `next` session was confirmed
-                    continue
-                peer, kp = session
+                _t, receiver, counter = _HEADER.unpack_from(buf, start)
+                if receiver != last_receiver or _t != _TRANSPORT:
+                    session = dev.receivable_keypair(receiver, now=now)
+                    if session is None or _t != _TRANSPORT:
+                        self._slow_datagram(now, view[start:end], addr)
+                        last_receiver = -1  # e.g. a `next` session was confirmed
+                        continue
+                    peer, kp = session
+                    last_receiver = receiver
+                    totals = None
+                assert kp is not None and peer is not None
                 body = start + HEADROOM
-                if not kp.receive.open_into(counter, view[body:end], view[body : end - TAG]):
-                    drops["decryption_failed"] += 1
+                try:
+                    kp.receive.decrypt_into(
+                        _nonce(counter), view[body:end], None, view[body : end - TAG]
+                    )
+                except AuthenticationFailed:
+                    dev.drops["decryption_failed"] += 1
                     continue
                 if not kp.replay.validate(counter):
-                    drops["replayed"] += 1
+                    dev.drops["replayed"] += 1
                     continue
-                totals = got.get(peer)
                 if totals is None:
-                    totals = got[peer] = _Received(addr)
-                totals.nbytes += end - start
-                totals.addr = addr
+                    totals = pending.get(peer)
+                    if totals is None:
+                        totals = pending[peer] = [0, 0, addr]
+                totals[0] += end - start
+                totals[2] = addr
                 size = end - TAG - body
                 if size == 0:
                     continue  # keepalive
@@ -329,29 +367,53 @@ class FastPath:
                 else:
                     ok = False
                 if not ok:
-                    drops["malformed_inner_packet"] += 1
+                    dev.drops["malformed_inner_packet"] += 1
                     continue
-                if lookup(src) is not peer:
-                    drops["disallowed_source"] += 1
+                if dev.allowed_ips.lookup(src) is not peer:
+                    dev.drops["disallowed_source"] += 1
                     continue
                 try:
                     write(view[body : body + length])
                 except OSError:
                     self.tun_write_errors += 1
-                totals.packets += 1
-        self._commit_received(got, now)
+                totals[1] += 1
+                written = True
+                if not chained:
+                    # the first packet written: send what it was answered with before reading
+                    # on (roaming first, so that the answer goes where the packet came from)
+                    chained = True
+                    written = False
+                    peer.endpoint = addr
+                    self._tun_answer()
+                    totals = None  # committed
+                    last_receiver = -1  # sessions may have moved on
+        if not pending:
+            return
+        if written:
+            for p, t in pending.items():
+                p.endpoint = t[2]
+            self._tun_answer()
+        if pending:
+            self._commit_received(now)
 
-    def _commit_received(self, got: dict[Peer, _Received], now: float) -> None:
-        for peer, r in got.items():
-            self.device.received_batch(peer, r.addr, r.nbytes, now=now, data_packets=r.packets)
-        got.clear()
+    def _tun_answer(self) -> None:
+        """Read the TUN right after writing to it: a local answer (ICMP echo reply, TCP ACK)
+        is usually queued by then. ``on_tun`` commits what was received first."""
+        error = self.on_tun()
+        if error is not None:
+            self.tun_error = error
 
-    def _slow_datagram(
-        self, got: dict[Peer, _Received], now: float, data: memoryview, addr: Endpoint
-    ) -> None:
+    def _commit_received(self, now: float) -> None:
+        pending = self._pending_rx
+        for peer, (nbytes, packets, addr) in pending.items():
+            self.device.received_batch(peer, addr, nbytes, now=now, data_packets=packets)
+        pending.clear()
+
+    def _slow_datagram(self, now: float, data: memoryview, addr: Endpoint) -> None:
         """Hand one datagram to ``Device.receive_datagram`` after committing the batch so far,
         then write and send what it produced."""
-        self._commit_received(got, now)
+        if self._pending_rx:
+            self._commit_received(now)
         dev = self.device
         dev.receive_datagram(bytes(data), addr, now=now)
         packets = dev.tun_packets_to_write()

@@ -1,6 +1,6 @@
 """The device event loop: drives the sans-IO ``Device`` with a UDP bind, a TUN and the UAPI.
 
-One thread, one ``selectors`` loop (epoll): TUN readable → ``receive_tun_packet`` for every
+One thread, one epoll loop (:class:`Poller`): TUN readable → ``receive_tun_packet`` for every
 packet queued; UDP readable → ``receive_datagram`` for every datagram queued; UAPI → get/set;
 then the outputs are flushed and one timer is re-armed at ``device.get_timer()``. Unless
 ``fast_path=False`` (or ``WGPY_FASTPATH=0``), TUN and UDP reads go through
@@ -15,11 +15,13 @@ import contextlib
 import errno
 import logging
 import os
+import select
 import selectors
 import signal
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 from tun.base import TunDevice
 from wgpy import configure, uapi
@@ -32,6 +34,39 @@ log = logging.getLogger(__name__)
 
 BATCH = 256  # packets taken from one source per wake-up, so that no source starves others
 HOUSEKEEPING = 1.0
+
+
+class Poller:
+    """Readable-fd registrations on one epoll, with a ``selectors``-like register/unregister.
+
+    The loop reads ``epoll.poll`` and ``handlers`` (fd -> (fileobj, callback)) directly:
+    ``selectors`` costs a SelectorKey lookup and list building per wake-up, which an idle
+    device pays with cold caches on every first packet (docs/benchmarks.md, latency).
+    """
+
+    def __init__(self) -> None:
+        self.epoll = select.epoll()
+        self.handlers: dict[int, tuple[Any, Callable[[Any], object]]] = {}
+
+    def register(self, fileobj: Any, _events: int, callback: Callable[[Any], object]) -> None:
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        self.epoll.register(fd, select.EPOLLIN)
+        self.handlers[fd] = (fileobj, callback)
+
+    def unregister(self, fileobj: Any) -> None:
+        """Forget ``fileobj`` (KeyError if unknown). A closed socket (fileno -1) is found by
+        identity; the kernel already dropped its fd from the epoll set."""
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        if fd == -1:
+            fd = next((k for k, (obj, _cb) in self.handlers.items() if obj is fileobj), -1)
+        if self.handlers.pop(fd, None) is None:
+            raise KeyError(fileobj)
+        with contextlib.suppress(OSError, ValueError):
+            self.epoll.unregister(fd)
+
+    def close(self) -> None:
+        self.handlers.clear()
+        self.epoll.close()
 
 
 class DeviceRunner:
@@ -54,7 +89,7 @@ class DeviceRunner:
         if fast_path is None:
             fast_path = os.environ.get("WGPY_FASTPATH", "1") != "0"
         self.fast = FastPath(device, tun, self.bind, clock=clock) if fast_path else None
-        self.sel = selectors.DefaultSelector()
+        self.sel = Poller()
         self.stopping = False
         self.exit_reason = ""
         self.send_errors = 0
@@ -83,7 +118,9 @@ class DeviceRunner:
                     enable_gro(s)
         finally:
             for s in self.bind.sockets():
-                self.sel.register(s, selectors.EVENT_READ, self._on_udp)
+                self.sel.register(
+                    s, selectors.EVENT_READ, self.fast.on_udp if self.fast else self._on_udp
+                )
         return bound
 
     def uapi_get(self) -> str:
@@ -139,9 +176,6 @@ class DeviceRunner:
 
     def _on_udp(self, sock: object) -> None:
         assert isinstance(sock, socket.socket)
-        if self.fast is not None:
-            self.fast.on_udp(sock)
-            return
         recvfrom = sock.recvfrom
         receive = self.device.receive_datagram
         now = self.clock()
@@ -201,25 +235,41 @@ class DeviceRunner:
             self.device.listen_port = self.bind.port
         next_check = self.clock() + HOUSEKEEPING
         get_timer = self.device.get_timer
-        select = self.sel.select
+        poll = self.sel.epoll.poll
+        handlers = self.sel.handlers
         clock = self.clock
+        fast = self.fast
+        tun_fd = self.tun.fileno()
+        on_tun = fast.on_tun if fast is not None else None
+        has_output = self.device.has_output
         deadline = get_timer()
         try:
             while not self.stopping:
                 now = clock()
                 limit = next_check if deadline is None or deadline > next_check else deadline
-                for key, _mask in select(limit - now if limit > now else 0.0):
+                for fd, _ev in poll(limit - now if limit > now else 0.0):
                     try:
-                        key.data(key.fileobj)
+                        if fd == tun_fd:
+                            if on_tun is None:
+                                self._on_tun(None)
+                            elif (error := on_tun()) is not None:
+                                self.stop(error)
+                        else:
+                            entry = handlers.get(fd)  # None: unregistered by an earlier event
+                            if entry is not None:
+                                entry[1](entry[0])
                     except Exception:  # a bug must cost one event, never the interface
                         self.internal_errors += 1
-                        log.exception("internal error handling %r", key.fileobj)
+                        log.exception("internal error handling fd %d", fd)
+                if fast is not None and fast.tun_error is not None:
+                    self.stop(fast.tun_error)
                 now = clock()
                 deadline = get_timer()  # once per wake-up: events may have moved timers
                 if deadline is not None and now >= deadline:
                     self.device.handle_timer(now=max(deadline, now))
                     deadline = get_timer()
-                self._flush()
+                if has_output():
+                    self._flush()
                 if now >= next_check:
                     next_check = now + HOUSEKEEPING
                     self._housekeeping()
