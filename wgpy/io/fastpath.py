@@ -106,9 +106,6 @@ class FastPath:
 
     # --- sending -------------------------------------------------------------------------------
 
-    def _socket_for(self, addr: Endpoint) -> socket.socket | None:
-        return self.bind.v6 if ":" in addr[0] else self.bind.v4
-
     def _send_run(self) -> None:
         """Send the pending run (one GSO ``sendmsg`` or one ``sendto``) and forget it."""
         n, addr = self._run_n, self._run_addr
@@ -139,6 +136,16 @@ class FastPath:
                 return
             self.send_errors += n
 
+    def _send_one(self, data: bytes | memoryview, addr: Endpoint) -> None:
+        """One datagram; a refusal by the OS is counted in ``send_errors``."""
+        sock = self.bind.v6 if ":" in addr[0] else self.bind.v4
+        try:
+            if sock is None:
+                raise OSError(errno.EAFNOSUPPORT, "no socket for this address family")
+            sock.sendto(data, addr)
+        except OSError:
+            self.send_errors += 1
+
     def _add_to_run(self, start: int, length: int, addr: Endpoint) -> None:
         """Append the datagram at ``arena[start:start+length]`` (right after the run) to it."""
         if self._run_n:
@@ -166,13 +173,7 @@ class FastPath:
         if not datagrams:
             return
         for data, addr in datagrams:
-            sock = self._socket_for(addr)
-            try:
-                if sock is None:
-                    raise OSError(errno.EAFNOSUPPORT, "no socket for this address family")
-                sock.sendto(data, addr)
-            except OSError:
-                self.send_errors += 1
+            self._send_one(data, addr)
 
     def on_tun(self) -> str | None:
         """Read, seal and send up to ``BATCH`` TUN packets. Returns an error text if the TUN
@@ -243,8 +244,11 @@ class FastPath:
                 last_peer = None  # its state may have changed
                 continue
             mtu = dev.mtu
-            # messages.padding_size, inlined for the common case
-            pad = min((n + 15) & ~15, mtu) - n if n < mtu else padding_size(n, mtu)
+            if n < mtu:  # messages.padding_size, inlined for the common case
+                pad = (n + 15) & ~15
+                pad = (pad if pad < mtu else mtu) - n
+            else:
+                pad = padding_size(n, mtu)
             if pad:
                 buf[body + n : body + n + pad] = _ZEROS[:pad]
                 n += pad
@@ -257,9 +261,7 @@ class FastPath:
             count += 1
             if first:  # out at once, before reading on: the latency of a lone packet
                 first = False
-                self._run_start, self._run_end = off, off + length
-                self._run_seg, self._run_n, self._run_addr = length, 1, endpoint
-                self._send_run()
+                self._send_one(view[off : off + length], endpoint)
                 continue  # its arena space is free again
             if self._run_n:
                 self._add_to_run(off, length, endpoint)
