@@ -14,8 +14,8 @@ def test_poller_reports_readable_fds_with_their_callbacks() -> None:
     a, b = socket.socketpair()
     c, d = socket.socketpair()
     try:
-        p.register(a, 1, lambda s: ("a", s))
-        p.register(c, 1, lambda s: ("c", s))
+        p.register(a, lambda s: ("a", s))
+        p.register(c, lambda s: ("c", s))
         assert p.epoll.poll(0) == []
         b.send(b"x")
         events = p.epoll.poll(0.5)
@@ -33,8 +33,8 @@ def test_poller_unregisters_open_closed_and_unknown_sockets() -> None:
     a, b = socket.socketpair()
     c, d = socket.socketpair()
     try:
-        p.register(a, 1, print)
-        p.register(c, 1, print)
+        p.register(a, print)
+        p.register(c, print)
         p.unregister(a)
         assert a.fileno() not in p.handlers
         with pytest.raises(KeyError):

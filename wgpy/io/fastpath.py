@@ -186,6 +186,8 @@ class FastPath:
         dev = self.device
         now = self.clock()
         read_into = self._read_into
+        lookup = dev.allowed_ips.lookup
+        mtu = dev.mtu
         buf, view = self._tx, self._txv
         # the peer of the previous packet, its keypair, seal and endpoint
         last_peer: Peer | None = None
@@ -215,9 +217,9 @@ class FastPath:
                 break
             version = buf[body] >> 4 if n else 0
             if version == 4 and n >= 20:
-                peer = dev.allowed_ips.lookup(buf[body + 16 : body + 20])
+                peer = lookup(buf[body + 16 : body + 20])
             elif version == 6 and n >= 40:
-                peer = dev.allowed_ips.lookup(buf[body + 24 : body + 40])
+                peer = lookup(buf[body + 24 : body + 40])
             else:
                 dev.drops["malformed_outbound"] += 1
                 continue
@@ -243,7 +245,6 @@ class FastPath:
                 self.send_device_output()
                 last_peer = None  # its state may have changed
                 continue
-            mtu = dev.mtu
             if n < mtu:  # messages.padding_size, inlined for the common case
                 pad = (n + 15) & ~15
                 pad = (pad if pad < mtu else mtu) - n
@@ -297,6 +298,8 @@ class FastPath:
         buf, view = self._rx, self._rxv
         rx_bufs = self._rx_bufs
         write = self._write
+        unpack_from = _HEADER.unpack_from
+        lookup = dev.allowed_ips.lookup
         pending = self._pending_rx  # peer -> [bytes, data packets, last source]
         # the receiver index, peer and keypair of the previous datagram
         last_receiver = -1
@@ -326,7 +329,7 @@ class FastPath:
                     self._slow_datagram(now, view[start:end], addr)
                     last_receiver = -1  # a handshake may have changed the index table
                     continue
-                _t, receiver, counter = _HEADER.unpack_from(buf, start)
+                _t, receiver, counter = unpack_from(buf, start)
                 if receiver != last_receiver or _t != _TRANSPORT:
                     session = dev.receivable_keypair(receiver, now=now)
                     if session is None or _t != _TRANSPORT:
@@ -371,7 +374,7 @@ class FastPath:
                 if not ok:
                     dev.drops["malformed_inner_packet"] += 1
                     continue
-                if dev.allowed_ips.lookup(src) is not peer:
+                if lookup(src) is not peer:
                     dev.drops["disallowed_source"] += 1
                     continue
                 try:

@@ -16,7 +16,6 @@ import errno
 import logging
 import os
 import select
-import selectors
 import signal
 import socket
 import time
@@ -48,7 +47,8 @@ class Poller:
         self.epoll = select.epoll()
         self.handlers: dict[int, tuple[Any, Callable[[Any], object]]] = {}
 
-    def register(self, fileobj: Any, _events: int, callback: Callable[[Any], object]) -> None:
+    def register(self, fileobj: Any, callback: Callable[[Any], object]) -> None:
+        """Call ``callback(fileobj)`` whenever ``fileobj`` (a socket or an fd) is readable."""
         fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
         self.epoll.register(fd, select.EPOLLIN)
         self.handlers[fd] = (fileobj, callback)
@@ -99,11 +99,11 @@ class DeviceRunner:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self.sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
-        self.sel.register(tun.fileno(), selectors.EVENT_READ, self._on_tun)
+        self.sel.register(self._wake_r, self._on_wake)
+        self.sel.register(tun.fileno(), self._on_tun)
         self.uapi = uapi_server_factory(self) if uapi_server_factory else None
         if self.uapi is not None:
-            self.sel.register(self.uapi.listener, selectors.EVENT_READ, self._on_accept)
+            self.sel.register(self.uapi.listener, self._on_accept)
 
     # --- configuration handlers (UAPI) -------------------------------------------------------
 
@@ -118,9 +118,7 @@ class DeviceRunner:
                     enable_gro(s)
         finally:
             for s in self.bind.sockets():
-                self.sel.register(
-                    s, selectors.EVENT_READ, self.fast.on_udp if self.fast else self._on_udp
-                )
+                self.sel.register(s, self.fast.on_udp if self.fast else self._on_udp)
         return bound
 
     def uapi_get(self) -> str:
@@ -144,7 +142,7 @@ class DeviceRunner:
     def _on_accept(self, _fd: object) -> None:
         assert self.uapi is not None
         for conn in self.uapi.accept():
-            self.sel.register(conn, selectors.EVENT_READ, self._on_uapi_conn)
+            self.sel.register(conn, self._on_uapi_conn)
 
     def _on_uapi_conn(self, sock: object) -> None:
         assert self.uapi is not None and isinstance(sock, socket.socket)
@@ -239,8 +237,6 @@ class DeviceRunner:
         handlers = self.sel.handlers
         clock = self.clock
         fast = self.fast
-        tun_fd = self.tun.fileno()
-        on_tun = fast.on_tun if fast is not None else None
         has_output = self.device.has_output
         deadline = get_timer()
         try:
@@ -248,16 +244,11 @@ class DeviceRunner:
                 now = clock()
                 limit = next_check if deadline is None or deadline > next_check else deadline
                 for fd, _ev in poll(limit - now if limit > now else 0.0):
+                    entry = handlers.get(fd)  # None: unregistered by an earlier event
+                    if entry is None:
+                        continue
                     try:
-                        if fd == tun_fd:
-                            if on_tun is None:
-                                self._on_tun(None)
-                            elif (error := on_tun()) is not None:
-                                self.stop(error)
-                        else:
-                            entry = handlers.get(fd)  # None: unregistered by an earlier event
-                            if entry is not None:
-                                entry[1](entry[0])
+                        entry[1](entry[0])
                     except Exception:  # a bug must cost one event, never the interface
                         self.internal_errors += 1
                         log.exception("internal error handling fd %d", fd)
