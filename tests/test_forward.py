@@ -5,19 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
+from functools import partial
 from typing import cast
 
 import pytest
 
+from tests.support import run_async
 from wgpy.supervisor.forward import TcpForwarder, UdpForwarder, make_forwarder
 from wgpy.supervisor.model import Target
 
 VIP = "127.0.0.2"
 
 
-def run(coro: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(coro(), 10))  # type: ignore[arg-type]
+run = partial(run_async, timeout=10)
 
 
 # --- helpers: named servers ----------------------------------------------------------------

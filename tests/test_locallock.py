@@ -9,26 +9,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
 
+from tests.support import run_async, wait_until
 from wgpy.supervisor.locallock import LocalLockElector, read_sidecar
 
 RETRY = 0.05
 
 
-def run(coro: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(coro(), 15))  # type: ignore[arg-type]
-
-
-async def wait_until(cond: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.01)
+run = partial(run_async, timeout=15)
 
 
 class Recorder:

@@ -10,13 +10,14 @@ import asyncio
 import contextlib
 import inspect
 import ipaddress
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from functools import partial
 from typing import Any
 
 import pytest
 
 from noise import tai64n
+from tests.support import run_async, wait_until
 from wgpy.supervisor.config import Forward, Tunnel
 from wgpy.supervisor.forward import Forwarder, TcpForwarder, UdpForwarder
 from wgpy.supervisor.manager import (
@@ -32,16 +33,7 @@ NS = 1_000_000_000
 T0 = 1_700_000_000 * NS
 
 
-def run(coro: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(coro(), 20))  # type: ignore[arg-type]
-
-
-async def wait_until(cond: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.01)
+run = partial(run_async, timeout=20)
 
 
 def tunnel(
