@@ -311,3 +311,57 @@ def test_a_failing_tun_read_after_a_write_is_reported(sides: tuple[Side, Side, C
     b.drain()
     assert b.tun.take() == [ipv4(A_TUN, B_TUN, b"x")]
     assert b.fast.tun_error is not None and "TUN read failed" in b.fast.tun_error
+
+
+def test_the_cpu_is_handed_over_once_the_first_datagram_is_out(
+    sides: tuple[Side, Side, Clock],
+) -> None:
+    """on_tun yields right after its first sendto, before reading on and before bookkeeping:
+    the receiver the kernel queued on this CPU runs first. Once per wake-up, not per packet."""
+    a, b, clock = sides
+    handshake(a, b)
+    b.drain()
+    assert b.bind.v4 is not None
+    seen: list[tuple[bool, int, int]] = []  # (datagram waiting at B, tx_bytes, TUN queue)
+
+    def hand_over() -> None:
+        waiting = bool(select.select([b.bind.v4], [], [], 0)[0])
+        seen.append((waiting, a.peer.tx_bytes, a.tun.pending()))
+
+    a.fast.hand_over = hand_over
+    clock.now += 1.0
+    before = a.peer.tx_bytes
+    a.tun.inject_many(ipv4(A_TUN, B_TUN, bytes([i])) for i in range(3))
+    assert a.fast.on_tun() is None
+    assert seen == [(True, before, 2)]  # sent, not yet counted, the rest not yet read
+    assert a.peer.tx_bytes > before
+    b.drain()
+    assert len(b.tun.take()) == 3
+
+
+def test_the_cpu_is_handed_over_after_the_first_tun_write(
+    sides: tuple[Side, Side, Clock],
+) -> None:
+    """on_udp yields right after its first TUN write (the write may have woken a local reader,
+    as a ping reply wakes ping), before reading the TUN for an answer; the answer's sendto
+    yields again."""
+    a, b, clock = sides
+    b.tun.close()
+    b.tun = AnsweringTun("fpho")
+    b.fast = FastPath(b.dev, b.tun, b.bind, clock=clock)
+    handshake(a, b)
+    b.fast.on_tun()  # the answer to "hello" the slow path left in B's TUN
+    a.drain()
+    assert a.tun.take() == [ipv4(B_TUN, A_TUN, b"re:hello")]
+    calls: dict[str, list[int]] = {"a": [], "b": []}
+    a.fast.hand_over = lambda: calls["a"].append(len(a.tun.written()))
+    b.fast.hand_over = lambda: calls["b"].append(b.tun.pending())
+    clock.now += 1.0
+    a.tun.inject(ipv4(A_TUN, B_TUN, b"ping"))
+    a.fast.on_tun()
+    assert calls["a"] == [0]
+    b.drain()
+    assert calls["b"] == [1, 0]  # after the write (answer not yet read), after it left
+    a.drain()
+    assert a.tun.take() == [ipv4(B_TUN, A_TUN, b"re:ping")]
+    assert calls["a"] == [0, 1]  # after the write of the answer

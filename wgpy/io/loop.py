@@ -4,7 +4,8 @@ One thread, one epoll loop (:class:`Poller`): TUN readable → ``receive_tun_pac
 packet queued; UDP readable → ``receive_datagram`` for every datagram queued; UAPI → get/set;
 then the outputs are flushed and one timer is re-armed at ``device.get_timer()``. Unless
 ``fast_path=False`` (or ``WGPY_FASTPATH=0``), TUN and UDP reads go through
-:class:`~wgpy.io.fastpath.FastPath`: batched, in place, UDP GSO/GRO. Once a
+:class:`~wgpy.io.fastpath.FastPath`: batched, in place, UDP GSO/GRO, handing the CPU over
+after the first send of a wake-up (``WGPY_HAND_OVER=0`` turns that off). Once a
 second it checks that the TUN and the UAPI socket file still exist, and exits when either is
 gone (``ip link del``, ``wg-quick down``), as wireguard-go does.
 """
@@ -88,7 +89,12 @@ class DeviceRunner:
         self.bind = UdpBind()
         if fast_path is None:
             fast_path = os.environ.get("WGPY_FASTPATH", "1") != "0"
-        self.fast = FastPath(device, tun, self.bind, clock=clock) if fast_path else None
+        hand_over = os.sched_yield if os.environ.get("WGPY_HAND_OVER", "1") != "0" else None
+        self.fast = (
+            FastPath(device, tun, self.bind, clock=clock, hand_over=hand_over)
+            if fast_path
+            else None
+        )
         self.sel = Poller()
         self.stopping = False
         self.exit_reason = ""
