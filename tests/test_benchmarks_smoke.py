@@ -208,3 +208,71 @@ def test_quick_benchmark_wireguard_go(tmp_path: Path) -> None:
     assert "[ 1/" in res.stderr or "[  1/" in res.stderr  # progress went to stderr
     leftover = {n for n in set(tb.list_netns()) - before if n.startswith("wgpybench-")}
     assert not leftover  # the harness removed its namespaces
+
+
+def test_pingseries_ratios_pair_each_round_with_the_reference() -> None:
+    from benchmarks.pingseries import Sample, summarize
+
+    rounds = [
+        {"go": Sample(0.30, 900.0), "py": Sample(0.45, 500.0)},
+        {"go": Sample(0.20, 1000.0), "py": Sample(0.40, 400.0)},
+        {"go": Sample(0.40, 800.0), "py": Sample(0.44, 600.0)},
+    ]
+    s = summarize(rounds, "go")
+    assert s["go"]["ratio"] == 1.0
+    # same-round ratios 1.5, 2.0, 1.1: their median, not a ratio of medians (0.44 / 0.30)
+    assert s["py"]["ratio"] == pytest.approx(1.5)
+    assert s["py"]["p50_ms"] == 0.44 and s["py"]["min_p50_ms"] == 0.40
+    assert s["py"]["cpu_us_per_ping"] == 500.0
+
+
+def test_pingseries_refuses_bad_arguments() -> None:
+    for args in (["a=x", "a=y"], ["noequals"], ["--rounds", "0", "a=x"]):
+        res = subprocess.run(
+            [sys.executable, "-m", "benchmarks.pingseries", *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert res.returncode == 2 and "error" in res.stderr, (args, res.stderr)
+
+
+@pytest.mark.interop
+@pytest.mark.skipif(
+    os.geteuid() != 0 or any(shutil.which(t) is None for t in TOOLS),
+    reason=f"needs root and {', '.join(TOOLS)}",
+)
+def test_quick_ping_series_against_wireguard_go(tmp_path: Path) -> None:
+    before = set(tb.list_netns())
+    out = tmp_path / "series.json"
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.pingseries",
+            "--rounds",
+            "2",
+            "--count",
+            "5",
+            "--json",
+            str(out),
+            "wireguard-go=wireguard-go",
+            f"wgpy={sys.executable} -m wgpy.userspace",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "| wgpy |" in res.stdout and "round 2/2" in res.stderr
+    doc = json.loads(out.read_text())
+    assert len(doc["rounds"]) == 2
+    for name in ("wireguard-go", "wgpy"):
+        s = doc["summary"][name]
+        assert 0 < s["p50_ms"] < 100 and s["cpu_us_per_ping"] > 0
+    assert doc["summary"]["wgpy"]["ratio"] > 0
+    assert set(tb.list_netns()) <= before  # every namespace it made is gone
