@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,27 @@ from wgpy.device import Device
 
 REPO = Path(__file__).resolve().parent.parent
 TOOLS = ("ip", "nsenter", "setpriv", "wg", "ping", "iperf3", "ss", "wireguard-go")
+_without_testbed = pytest.mark.skipif(
+    os.geteuid() != 0 or any(shutil.which(t) is None for t in TOOLS),
+    reason=f"needs root and {', '.join(TOOLS)}",
+)
+
+
+def run_module(module: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m module args`` from the repository, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def needs_testbed(test: Callable[..., None]) -> Callable[..., None]:
+    """An interop test: skipped without root and the testbed's tools."""
+    return pytest.mark.interop(_without_testbed(test))  # type: ignore[no-any-return]
 
 
 def test_percentile_and_rate() -> None:
@@ -143,31 +165,19 @@ def test_cli_parsing_and_case_plan() -> None:
     ]
 
 
-@pytest.mark.interop
-@pytest.mark.skipif(
-    os.geteuid() != 0 or any(shutil.which(t) is None for t in TOOLS),
-    reason=f"needs root and {', '.join(TOOLS)}",
-)
+@needs_testbed
 def test_quick_benchmark_wireguard_go(tmp_path: Path) -> None:
     before = set(tb.list_netns())
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.run",
-            "--quick",
-            "--only",
-            "wireguard-go,kernel,wgpy",
-            "--impl",
-            f"wgpy={sys.executable} -m wgpy.userspace",
-            "--out",
-            str(tmp_path),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    res = run_module(
+        "benchmarks.run",
+        "--quick",
+        "--only",
+        "wireguard-go,kernel,wgpy",
+        "--impl",
+        f"wgpy={sys.executable} -m wgpy.userspace",
+        "--out",
+        str(tmp_path),
         timeout=240,
-        check=False,
     )
     assert res.returncode == 0, res.stderr
     written = [Path(p) for p in res.stdout.split()]
@@ -228,44 +238,25 @@ def test_pingseries_ratios_pair_each_round_with_the_reference() -> None:
 
 def test_pingseries_refuses_bad_arguments() -> None:
     for args in (["a=x", "a=y"], ["noequals"], ["--rounds", "0", "a=x"]):
-        res = subprocess.run(
-            [sys.executable, "-m", "benchmarks.pingseries", *args],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        res = run_module("benchmarks.pingseries", *args, timeout=60)
         assert res.returncode == 2 and "error" in res.stderr, (args, res.stderr)
 
 
-@pytest.mark.interop
-@pytest.mark.skipif(
-    os.geteuid() != 0 or any(shutil.which(t) is None for t in TOOLS),
-    reason=f"needs root and {', '.join(TOOLS)}",
-)
+@needs_testbed
 def test_quick_ping_series_against_wireguard_go(tmp_path: Path) -> None:
     before = set(tb.list_netns())
     out = tmp_path / "series.json"
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.pingseries",
-            "--rounds",
-            "2",
-            "--count",
-            "5",
-            "--json",
-            str(out),
-            "wireguard-go=wireguard-go",
-            f"wgpy={sys.executable} -m wgpy.userspace",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    res = run_module(
+        "benchmarks.pingseries",
+        "--rounds",
+        "2",
+        "--count",
+        "5",
+        "--json",
+        str(out),
+        "wireguard-go=wireguard-go",
+        f"wgpy={sys.executable} -m wgpy.userspace",
         timeout=180,
-        check=False,
     )
     assert res.returncode == 0, res.stderr
     assert "| wgpy |" in res.stdout and "round 2/2" in res.stderr
