@@ -53,7 +53,7 @@ from wgpy.constants import (
 )
 from wgpy.errors import CapacityError, ConfigError
 from wgpy.keypair import Keypair
-from wgpy.peer import Endpoint, Peer
+from wgpy.peer import Endpoint, Peer, timer_deadlines
 from wgpy.ratelimiter import RateLimiter
 
 Rng = Callable[[int], bytes]
@@ -118,14 +118,7 @@ class Device:
         """The earliest deadline of any peer timer, or ``None`` when nothing is armed."""
         best: float | None = None
         for peer in self.peers.values():
-            for t in (  # Peer.next_deadline, inlined: the loop asks after every wake-up
-                peer.retransmit_handshake_at,
-                peer.send_keepalive_at,
-                peer.new_handshake_at,
-                peer.zero_key_material_at,
-                peer.persistent_keepalive_at,
-                peer.silence_handshake_at,
-            ):
+            for t in timer_deadlines(peer):
                 if t is not None and (best is None or t < best):
                     best = t
         return best

@@ -8,6 +8,7 @@ device runs the matching ``expired_*`` handler once ``now`` passes a deadline.
 from __future__ import annotations
 
 from collections import deque
+from operator import attrgetter
 
 from noise.cookie import CookieGenerator
 from noise.handshake import Handshake
@@ -21,6 +22,16 @@ from wgpy.keypair import Keypair
 from wgpy.keys import short
 
 Endpoint = tuple[str, int]
+
+# Every deadline of a peer's timers, as one C call: ``Device.get_timer`` asks after each wake-up.
+timer_deadlines = attrgetter(
+    "retransmit_handshake_at",
+    "send_keepalive_at",
+    "new_handshake_at",
+    "zero_key_material_at",
+    "persistent_keepalive_at",
+    "silence_handshake_at",
+)
 
 
 class Peer:
@@ -150,17 +161,3 @@ class Peer:
         self.zero_key_material_at = None
         self.persistent_keepalive_at = None
         self.silence_handshake_at = None
-
-    def next_deadline(self) -> float | None:
-        best: float | None = None
-        for t in (
-            self.retransmit_handshake_at,
-            self.send_keepalive_at,
-            self.new_handshake_at,
-            self.zero_key_material_at,
-            self.persistent_keepalive_at,
-            self.silence_handshake_at,
-        ):
-            if t is not None and (best is None or t < best):
-                best = t
-        return best
