@@ -38,7 +38,6 @@ from wgpy import handshakes, messages
 from wgpy.allowedips import AllowedIPs
 from wgpy.constants import (
     DEFAULT_MTU,
-    KEEPALIVE_TIMEOUT,
     MAX_ALLOWED_IPS,
     MAX_PEERS,
     MAX_TIMER_HANDSHAKES,
@@ -488,43 +487,27 @@ class Device:
         return peer, kp
 
     def sent_batch(self, peer: Peer, nbytes: int, *, now: float, data: bool) -> None:
-        """Bookkeeping once the fast path sent datagrams totalling ``nbytes`` to ``peer``.
-
-        The Peer.timers_* calls of the ordinary path, inlined (any authenticated packet
-        traversed and sent, then data sent): this runs on every first packet after idle,
-        where each call costs (tests/test_fastpath.py compares the timers of both paths).
-        """
+        """Bookkeeping once the fast path sent datagrams totalling ``nbytes`` to ``peer``."""
         peer.tx_bytes += nbytes
-        if peer.persistent_keepalive_interval > 0:
-            peer.persistent_keepalive_at = now + peer.persistent_keepalive_interval
-        peer.send_keepalive_at = None
+        peer.timers_any_authenticated_packet_traversal(now=now)
+        peer.timers_any_authenticated_packet_sent()
         if data and peer.new_handshake_at is None:
-            peer.new_handshake_at = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter()
+            peer.timers_data_sent(now=now, jitter=self._jitter())
 
     def received_batch(
         self, peer: Peer, addr: Endpoint, nbytes: int, *, now: float, data_packets: int
     ) -> None:
         """Bookkeeping once the fast path authenticated datagrams totalling ``nbytes`` from
         ``peer`` (the last from ``addr``), ``data_packets`` of them non-keepalive and
-        written to the TUN. Same order as ``_receive_transport``, its Peer.timers_* calls
-        inlined as in :meth:`sent_batch`."""
+        written to the TUN. Same order as ``_receive_transport``."""
         peer.endpoint = addr
         peer.rx_bytes += nbytes
-        if peer.persistent_keepalive_interval > 0:  # any authenticated packet traversed
-            peer.persistent_keepalive_at = now + peer.persistent_keepalive_interval
-        peer.new_handshake_at = None  # ... and received
-        if peer.silence_interval > 0:
-            peer.silence_handshake_at = now + peer.silence_interval
-        kp = peer.current
-        if kp is not None and kp.is_initiator:
-            self._keep_key_fresh_on_receive(peer, now=now)
-        if data_packets:  # the 1st data packet arms the keepalive and any later one asks again
-            if peer.send_keepalive_at is None:
-                peer.send_keepalive_at = now + KEEPALIVE_TIMEOUT
-                if data_packets > 1:
-                    peer.need_another_keepalive = True
-            else:
-                peer.need_another_keepalive = True
+        peer.timers_any_authenticated_packet_traversal(now=now)
+        peer.timers_any_authenticated_packet_received(now=now)
+        self._keep_key_fresh_on_receive(peer, now=now)
+        # per packet, the 1st data packet arms the keepalive and any later one asks for another
+        for _ in range(min(data_packets, 2)):
+            peer.timers_data_received(now=now)
 
     def has_output(self) -> bool:
         """True if datagrams or TUN packets wait to be taken."""
