@@ -14,6 +14,9 @@ better than runs a minute apart (docs/benchmarks.md, sections 3 and 4). CPU per 
 the device processes spent (``/proc/PID/task/*/schedstat``) while ping ran.
 
 This is the tool behind the A/B latency figures; ``benchmarks.run`` stays the full benchmark.
+To compare another checkout, give its variant ``env PYTHONPATH=/path/to/checkout python3 -m
+wgpy.userspace`` and run this from outside any checkout: ``python -m`` puts the current
+directory ahead of PYTHONPATH, so from the repository both variants would run the same code.
 Needs root, ip, ping, wg and the implementations named.
 """
 
