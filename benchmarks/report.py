@@ -120,6 +120,12 @@ def markdown(results: dict[str, Any]) -> str:
         "Cells: median (min–max over runs) ×ratio to wireguard-go "
         "(median of same-run ratios)."
     )
+    if meta.get("ping_rounds"):
+        lines.append(
+            f"`ping_interleaved_*`: {meta['ping_rounds']} interleaved rounds per run, every "
+            "case's testbed up at once and pinged in turn; min–max and ratios over rounds "
+            "(same-round ratios)."
+        )
     for key in ("linux", "cpus", "loadavg", "wireguard_go", "iperf3", "python"):
         if key in meta:
             lines.append(f"- {key}: {meta[key]}")

@@ -5,6 +5,12 @@ ping RTT p50/p99 at idle, iperf3 TCP with 1 and 4 streams in both directions, ip
 fixed rates (throughput and loss) in both directions, CPU seconds per GB of the WireGuard
 processes (/proc/PID/stat) and their resident memory idle and under load (VmRSS).
 
+After the cases of a run come its interleaved ping rounds (``ping_interleaved_*``): every
+case's testbed is up at once and each round pings them one after the other, so a ratio pairs
+round trips taken seconds apart. The idle round trip of one implementation drifts by ×2 within
+minutes on a shared machine, more than the ``ping_*`` figures taken a minute apart can pair
+away (docs/benchmarks.md, section 5). Those figures are kept, for comparison.
+
 Cases: ``veth`` (bare veth, the physical limit), ``wireguard-go`` (the baseline), ``kernel``
 (when ``ip link add X type wireguard`` works) and, for every ``--impl NAME=ARGV``: ``NAME``
 (both sides), ``NAME->wireguard-go`` and ``wireguard-go->NAME`` (A is the handshake
@@ -17,6 +23,7 @@ Needs root, iperf3, ping, ip, nsenter, wg and wireguard-go.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -25,7 +32,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -88,6 +95,7 @@ class Settings:
     udp_rates: list[str]
     ping_count: int
     ping_interval: float
+    ping_rounds: int = 0  # interleaved ping rounds per run
 
 
 @contextmanager
@@ -183,6 +191,43 @@ def run_case(
                 put(f"rss_load_{side}_kib", sum(sampler.peak[p] for p in pids))
 
 
+def ping_rounds(
+    cases: list[Case],
+    s: Settings,
+    run_no: int,
+    *,
+    runs: dict[str, dict[str, list[float | None]]],
+    info: dict[str, dict[str, Any]],
+    progress: Progress,
+) -> None:
+    """The interleaved ping rounds of one run: ``runs[case]["ping_interleaved_*"][i]`` for
+    round i of all runs. Each round starts one case further on, so no case always follows
+    the same one."""
+    total = s.runs * s.ping_rounds
+    with ExitStack() as stack:
+        up: list[tuple[Case, Target]] = []
+        for case in cases:
+            try:
+                up.append((case, stack.enter_context(build(case))))
+            except tb.TestbedError as e:
+                info[case.name]["errors"].append(f"run {run_no + 1} ping rounds: testbed: {e}")
+                progress(f"{case.name}: ping rounds testbed FAILED: {e}", advance=False)
+        for r in range(s.ping_rounds):
+            i = run_no * s.ping_rounds + r
+            shift = i % len(up) if up else 0
+            for case, t in up[shift:] + up[:shift]:
+                label = f"{case.name} run {run_no + 1}: ping round {r + 1}/{s.ping_rounds}"
+                try:
+                    figs = ping_rtt(t, count=s.ping_count, interval=s.ping_interval)
+                except (WorkloadError, tb.TestbedError) as e:
+                    info[case.name]["errors"].append(f"run {run_no + 1} ping round {r + 1}: {e}")
+                    progress(f"{label} FAILED: {e}")
+                    continue
+                for k, v in figs.items():
+                    runs[case.name].setdefault(f"ping_interleaved_{k}", [None] * total)[i] = v
+                progress(f"{label}: p50={report.fmt(figs['p50_ms'])} ms")
+
+
 def tool_version(argv: list[str]) -> str:
     try:
         res = tb.run(argv, check=False, timeout=10)
@@ -221,9 +266,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="NAME=ARGV",
         help="extra implementation, e.g. wgpy=wgpy-userspace",
     )
+    ap.add_argument(
+        "--ping-rounds", type=int, help="interleaved ping rounds per run (default 4, quick 1)"
+    )
     ap.add_argument("--only", help="comma list of case names to run (default: all)")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="output directory")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if (args.runs is not None and args.runs < 1) or (
+        args.ping_rounds is not None and args.ping_rounds < 0
+    ):
+        ap.error("--runs must be at least 1 and --ping-rounds at least 0")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,7 +291,10 @@ def main(argv: list[str] | None = None) -> int:
         udp_rates=(args.udp_rates or ("100M" if args.quick else "100M,500M")).split(","),
         ping_count=30 if args.quick else 200,
         ping_interval=0.01,
+        ping_rounds=1 if args.quick else 4,
     )
+    if args.ping_rounds is not None:
+        s = dataclasses.replace(s, ping_rounds=args.ping_rounds)
     tb.install_signal_handlers()
     tb.sweep_stale(NS_PREFIX)  # leftovers of a benchmark that was SIGKILLed
     cases = plan_cases(args.impl)
@@ -262,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": s.runs,
         "seconds": s.seconds,
         "udp_rates": s.udp_rates,
+        "ping_rounds": s.ping_rounds,
         "linux": platform.release(),
         "cpus": os.cpu_count(),
         "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
@@ -270,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
     }
     runs: dict[str, dict[str, list[float | None]]] = {c.name: {} for c in cases}
-    progress = Progress(s.runs * len(cases) * len(steps(s)))
+    progress = Progress(s.runs * len(cases) * (len(steps(s)) + s.ping_rounds))
     try:
         for run_no in range(s.runs):
             for case in cases:
@@ -286,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                 except tb.TestbedError as e:  # the testbed itself failed: note it, go on
                     info[case.name]["errors"].append(f"run {run_no + 1}: testbed: {e}")
                     progress(f"{case.name} run {run_no + 1}: testbed FAILED: {e}", advance=False)
+            ping_rounds(cases, s, run_no, runs=runs, info=info, progress=progress)
     except KeyboardInterrupt:
         meta["interrupted"] = True
         print("interrupted: writing partial results", file=sys.stderr)

@@ -209,6 +209,14 @@ def test_quick_benchmark_wireguard_go(tmp_path: Path) -> None:
         assert w[k]["median"] > 0, k
         assert w[k]["ratio_vs_wireguard_go"] > 0, k  # paired with the same run's baseline
     assert w["rss_idle_a_kib"]["median"] > 1000
+    # the interleaved ping round (one in quick mode) of every case that ran, paired by round
+    for case in (m, w):
+        p = case["ping_interleaved_p50_ms"]
+        assert p["n"] == 1 and 0 < p["median"] <= case["ping_interleaved_p99_ms"]["median"]
+    assert w["ping_interleaved_p50_ms"]["ratio_vs_wireguard_go"] == pytest.approx(
+        w["ping_interleaved_p50_ms"]["median"] / m["ping_interleaved_p50_ms"]["median"]
+    )
+    assert doc["meta"]["ping_rounds"] == 1
     assert "handshakes" not in doc["hooks"]  # measured, so no "not measured" note
     kernel = doc["cases"]["kernel"]
     assert kernel["status"] in ("ok", "skipped")
@@ -234,6 +242,12 @@ def test_pingseries_ratios_pair_each_round_with_the_reference() -> None:
     assert s["py"]["ratio"] == pytest.approx(1.5)
     assert s["py"]["p50_ms"] == 0.44 and s["py"]["min_p50_ms"] == 0.40
     assert s["py"]["cpu_us_per_ping"] == 500.0
+
+
+def test_harness_refuses_bad_round_counts() -> None:
+    for args in (["--runs", "0"], ["--ping-rounds", "-1"]):
+        res = run_module("benchmarks.run", *args, timeout=60)
+        assert res.returncode == 2 and "at least" in res.stderr, (args, res.stderr)
 
 
 def test_pingseries_refuses_bad_arguments() -> None:
