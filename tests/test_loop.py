@@ -50,3 +50,24 @@ def test_poller_unregisters_open_closed_and_unknown_sockets() -> None:
         p.close()
         for s in (a, b, c, d):
             s.close()
+
+
+def test_the_fast_paths_refusals_reach_the_stats_counters() -> None:
+    """``stats`` reports what the OS refused on either path; the fast path counts its own."""
+    from tun.memory import MemoryTun
+    from wgpy.device import Device
+    from wgpy.io.loop import DeviceRunner
+
+    runner = DeviceRunner(Device(wall_time_ns=lambda: 0), MemoryTun("ctr0"), fast_path=True)
+    try:
+        assert runner.fast is not None
+        assert runner.io_counters() == {
+            "send_errors": 0,
+            "tun_write_errors": 0,
+            "internal_errors": 0,
+        }
+        runner.fast._send_one(b"x", ("::1", 9))  # no socket is open: refused, counted
+        runner.send_errors += 2  # as the ordinary path counts its own
+        assert runner.io_counters()["send_errors"] == 3
+    finally:
+        runner.close()

@@ -117,8 +117,7 @@ def run(ifname: str, *, foreground: bool, socket_dir: str = SOCKET_DIR) -> int:
             counters = {f"drop_{reason}": n for reason, n in device.drops.items()}
             counters["handshakes_completed"] = device.handshakes_completed
             counters["peers"] = len(device.peers)
-            for name in ("send_errors", "tun_write_errors", "internal_errors"):
-                counters[name] = int(getattr(r, name, 0))
+            counters.update(r.io_counters())
             return counters
 
         return UapiServer(

@@ -274,6 +274,16 @@ class DeviceRunner:
             self.close()
         return self.exit_reason
 
+    def io_counters(self) -> dict[str, int]:
+        """What the OS refused (datagrams, TUN writes) and internal errors, the fast path's
+        included: the counters the UAPI ``stats`` request reports."""
+        fast = self.fast
+        return {
+            "send_errors": self.send_errors + (fast.send_errors if fast else 0),
+            "tun_write_errors": self.tun_write_errors + (fast.tun_write_errors if fast else 0),
+            "internal_errors": self.internal_errors,
+        }
+
     def close(self) -> None:
         self.device.down()
         if self.uapi is not None:
