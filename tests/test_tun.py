@@ -250,12 +250,14 @@ def _read_matching(tun: TunDevice, want: object, timeout: float = 3.0) -> bytes:
 
 
 @linux
-def test_linux_tun_round_trip_in_netns(netns: str) -> None:
+@pytest.mark.parametrize("vnet_hdr", [False, True], ids=["plain", "vnet-hdr"])
+def test_linux_tun_round_trip_in_netns(netns: str, vnet_hdr: bool) -> None:
+    """The same packets either way: with IFF_VNET_HDR, read/write hide the virtio header."""
     from tun import netlink
     from tun.linux import LinuxTun
 
     with netlink.in_netns(netns):
-        tun = LinuxTun("wgt0", mtu=1400)
+        tun = LinuxTun("wgt0", mtu=1400, vnet_hdr=vnet_hdr)
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         dev: TunDevice = tun  # statically a TunDevice too (mypy checks this line)
@@ -288,7 +290,8 @@ def test_linux_tun_round_trip_in_netns(netns: str) -> None:
 
         # TUN → kernel: a datagram written to the TUN is delivered to the socket.
         port = sock.getsockname()[1]
-        assert tun.write(udp4("10.99.0.2", 4242, "10.99.0.1", port, b"in-through-tun")) > 0
+        inbound = udp4("10.99.0.2", 4242, "10.99.0.1", port, b"in-through-tun")
+        assert tun.write(inbound) == len(inbound)
         sock.settimeout(3.0)
         data, addr = sock.recvfrom(100)
         assert (data, addr) == (b"in-through-tun", ("10.99.0.2", 4242))

@@ -3,6 +3,12 @@
 pytun does the ``TUNSETIFF`` ioctl and the interface ioctls (MTU, up/down); packets move with
 plain ``os.read``/``os.write`` on the non-blocking fd, which is the fastest path from Python.
 Addresses and routes belong to :mod:`tun.netlink`.
+
+With ``vnet_hdr=True`` the TUN is opened with ``IFF_VNET_HDR``: every read and write carries a
+10-byte ``virtio_net_hdr`` first. ``read``/``read_into``/``write`` hide it (reads drop it, writes
+send a zeroed one), so callers see bare IP packets either way; the fast path uses the header to
+write coalesced TCP segments as one GSO packet (:mod:`wgpy.io.gro`). No ``TUNSETOFFLOAD`` is
+done, so the kernel hands us finished packets (no GSO, no partial checksums) on reads.
 """
 
 from __future__ import annotations
@@ -30,10 +36,15 @@ _SIOCSIFMTU = 0x8922
 _IFF_UP = 0x1
 _IFREQ_SHORT = struct.Struct("16sh22x")
 _IFREQ_INT = struct.Struct("16si20x")
+IFF_VNET_HDR = 0x4000
+VNET_HDR_LEN = 10  # struct virtio_net_hdr, the kernel's default size
+_ZERO_VNET_HDR = bytes(VNET_HDR_LEN)
 
 
-def _flags(*, multi_queue: bool, exclusive: bool) -> int:
+def _flags(*, multi_queue: bool, exclusive: bool, vnet_hdr: bool = False) -> int:
     flags = int(pytun.IFF_TUN) | int(pytun.IFF_NO_PI)
+    if vnet_hdr:
+        flags |= IFF_VNET_HDR
     if multi_queue:
         flags |= int(pytun.IFF_MULTI_QUEUE)
     if exclusive:
@@ -67,6 +78,8 @@ class LinuxTun:
 
     ``multi_queue=True`` opens the first queue of a multi-queue TUN; :meth:`open_queue` adds
     more (one fd per worker, as boringtun).
+
+    ``vnet_hdr=True`` adds ``IFF_VNET_HDR`` (module docstring); ``vnet_hdr`` tells which.
     """
 
     def __init__(
@@ -77,6 +90,7 @@ class LinuxTun:
         multi_queue: bool = False,
         mtu: int | None = None,
         dev_path: str = _DEV_TUN,
+        vnet_hdr: bool = False,
     ) -> None:
         validate_ifname(name)
         if not os.path.exists(dev_path):
@@ -89,10 +103,12 @@ class LinuxTun:
             raise TunError(f"interface {name} already exists")
         self._multi_queue = multi_queue
         self._dev_path = dev_path
+        self.vnet_hdr = vnet_hdr
+        self._hdr = bytearray(VNET_HDR_LEN)  # where reads put the header they drop
         try:
             self._dev = pytun.TunTapDevice(
                 name=name,
-                flags=_flags(multi_queue=multi_queue, exclusive=create_only),
+                flags=_flags(multi_queue=multi_queue, exclusive=create_only, vnet_hdr=vnet_hdr),
                 dev=dev_path,
             )
         except OSError as exc:
@@ -149,14 +165,20 @@ class LinuxTun:
 
     def read(self) -> bytes:
         """One IP packet; ``BlockingIOError`` when the queue is empty."""
+        if self.vnet_hdr:
+            return os.read(self._fd, VNET_HDR_LEN + _READ_SIZE)[VNET_HDR_LEN:]
         return os.read(self._fd, _READ_SIZE)
 
     def read_into(self, buf: bytearray | memoryview) -> int:
         """Read one packet into ``buf`` (truncated if it does not fit); return its length."""
+        if self.vnet_hdr:
+            return max(0, os.readv(self._fd, [self._hdr, buf]) - VNET_HDR_LEN)
         return os.readv(self._fd, [buf])
 
     def write(self, packet: bytes | bytearray | memoryview) -> int:
         """Inject one IP packet into the kernel's stack as if received on this interface."""
+        if self.vnet_hdr:
+            return os.writev(self._fd, [_ZERO_VNET_HDR, packet]) - VNET_HDR_LEN
         return os.write(self._fd, packet)
 
     def close(self) -> None:
@@ -216,7 +238,9 @@ class LinuxTun:
         """Attach another queue (fd) to this multi-queue TUN."""
         if not self._multi_queue:
             raise TunError(f"{self._name} was not opened with multi_queue=True")
-        return LinuxTun(self._name, multi_queue=True, dev_path=self._dev_path)
+        return LinuxTun(
+            self._name, multi_queue=True, dev_path=self._dev_path, vnet_hdr=self.vnet_hdr
+        )
 
     @property
     def closed(self) -> bool:
