@@ -1,0 +1,173 @@
+"""TCP segments coalesced into one TUN write (GRO in userspace; protocol doc §9).
+
+A TUN opened with ``IFF_VNET_HDR`` accepts a ``virtio_net_hdr`` in front of each write; with
+``gso_type`` TCPV4/TCPV6 one write can carry many consecutive segments of a TCP flow as one
+super-packet, and the kernel's stack then handles them as one (as after a NIC's GRO) instead
+of one by one. On the receiving side of a tunnel the TUN writes are where most of the time
+goes (docs/benchmarks.md), so :class:`TcpCoalescer` collects the segments that one UDP read
+delivers and writes them together.
+
+Segments join a group only when the result is what the sender's TCP would have sent as one
+segment: same addresses, ports, ACK, window, flags (ACK alone), TCP options and IP header
+fields apart from length, ID and checksum; sequence numbers adjacent; every payload the size
+of the first, a smaller one only last. The written packet has its IP length (and IPv4 header
+checksum) fixed, ``NEEDS_CSUM`` with the pseudo-header sum in the TCP checksum field, as a
+NIC's ``CHECKSUM_PARTIAL`` packet has. Anything else is written as it came, with a zeroed
+header. Sans-IO: the caller gives the write function.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable
+
+VNET_HDR_LEN = 10
+VNET_HDR = struct.Struct("=BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start/offset
+NEEDS_CSUM = 1
+GSO_TCPV4 = 1
+GSO_TCPV6 = 4
+ZERO_VNET_HDR = bytes(VNET_HDR_LEN)
+MAX_IP = 65535  # IPv4 total length (IPv6: payload length) fits 16 bits
+TCP_ACK = 0x10
+_SEQ = struct.Struct("!I")
+_U16 = struct.Struct("!H")
+_H = VNET_HDR_LEN  # where the group's IP packet starts in the buffer
+
+
+def wanted() -> bool:
+    """Whether TUNs are opened for coalesced writes: yes unless ``WGPY_TUN_GRO=0``."""
+    return os.environ.get("WGPY_TUN_GRO", "1") != "0"
+
+
+def ones_sum(data: bytes | bytearray | memoryview) -> int:
+    """The Internet checksum's ones'-complement sum of ``data`` (even length), folded to 16
+    bits: a big-endian integer of 16-bit words is congruent to their sum modulo 0xFFFF."""
+    whole = int.from_bytes(data, "big")
+    rest = whole % 0xFFFF
+    return 0xFFFF if rest == 0 and whole else rest
+
+
+def fold(x: int) -> int:
+    while x > 0xFFFF:
+        x = (x & 0xFFFF) + (x >> 16)
+    return x
+
+
+class TcpCoalescer:
+    """Holds consecutive segments of one TCP flow and writes them as one GSO packet.
+
+    ``offer(buf, start, length)`` takes the IP packet ``buf[start:start+length]`` into the
+    group (True; it is copied, so ``buf`` may be reused) or refuses it (False: the caller
+    writes it alone, after :meth:`flush`). :meth:`flush` writes the group, if any; call it
+    before anything else goes to the TUN and at the end of each batch. ``write`` receives the
+    bytes to write, ``virtio_net_hdr`` first; it may raise ``OSError`` (counted in ``errors``).
+    """
+
+    def __init__(self, write: Callable[[memoryview], object]) -> None:
+        self.write = write
+        self.buf = bytearray(_H + MAX_IP)
+        self.view = memoryview(self.buf)
+        self.held = 0  # segments in the group
+        self.end = 0  # end of the group's data in buf
+        self.ihl = 0  # IP header length (20 or 40)
+        self.hlen = 0  # IP + TCP header length
+        self.seg = 0  # payload size of the first segment: the GSO segment size
+        self.next_seq = 0
+        self.coalesced = 0  # GSO packets written
+        self.segments = 0  # segments they carried
+        self.errors = 0  # writes the OS refused (their segments are lost, as TCP allows)
+
+    def offer(self, buf: bytearray, start: int, length: int) -> bool:
+        b0 = buf[start]
+        if b0 == 0x45:  # IPv4 without options, TCP, not a fragment (DF allowed)
+            if buf[start + 9] != 6 or buf[start + 6] & 0x3F or buf[start + 7]:
+                return False
+            ihl = 20
+        elif b0 >> 4 == 6:  # IPv6, TCP right after the fixed header
+            if buf[start + 6] != 6:
+                return False
+            ihl = 40
+        else:
+            return False
+        t = start + ihl
+        if length < ihl + 20 or buf[t + 13] != TCP_ACK:
+            return False
+        hlen = ihl + (buf[t + 12] >> 4) * 4
+        payload = length - hlen
+        if payload <= 0:
+            return False  # pure ACKs: nothing to gain, and they carry window updates
+        seq = _SEQ.unpack_from(buf, t + 4)[0]
+        if self.held:
+            g, h, gt = self.buf, _H, _H + ihl
+            if (
+                hlen == self.hlen
+                and ihl == self.ihl
+                and seq == self.next_seq
+                and payload <= self.seg
+                and self.end + payload <= _H + MAX_IP
+                and self._same_flow(buf, start, t)
+                and buf[t + 8 : t + 16] == g[gt + 8 : gt + 16]  # ack, offset, flags, window
+                and buf[t + 18 : start + hlen] == g[gt + 18 : h + hlen]  # urgent, options
+            ):
+                end = self.end
+                self.buf[end : end + payload] = buf[start + hlen : start + length]
+                self.end = end + payload
+                self.held += 1
+                self.next_seq = (seq + payload) & 0xFFFFFFFF
+                if payload < self.seg:  # a short segment ends a group
+                    self.flush()
+                return True
+            self.flush()
+        self.buf[_H : _H + length] = buf[start : start + length]
+        self.held, self.end = 1, _H + length
+        self.ihl, self.hlen, self.seg = ihl, hlen, payload
+        self.next_seq = (seq + payload) & 0xFFFFFFFF
+        return True
+
+    def _same_flow(self, buf: bytearray, start: int, t: int) -> bool:
+        """IP fields that must match (all but length, ID, checksum) and the ports."""
+        g, h = self.buf, _H
+        if self.ihl == 20:  # version/IHL/TOS; flags/fragment, TTL, protocol; addresses, ports
+            return (
+                buf[start : start + 2] == g[h : h + 2]
+                and buf[start + 6 : start + 10] == g[h + 6 : h + 10]
+                and buf[start + 12 : t + 4] == g[h + 12 : h + 24]
+            )
+        # version/class/flow label; next header, hop limit, addresses, ports
+        return (
+            buf[start : start + 4] == g[h : h + 4] and buf[start + 6 : t + 4] == g[h + 6 : h + 44]
+        )
+
+    def flush(self) -> None:
+        """Write the group (one GSO packet, or the lone segment as it came) and forget it."""
+        held = self.held
+        if not held:
+            return
+        self.held = 0
+        g = self.buf
+        if held == 1:
+            g[0:_H] = ZERO_VNET_HDR
+        else:
+            ihl, total = self.ihl, self.end - _H
+            t = _H + ihl
+            tcp_len = total - ihl
+            if ihl == 20:
+                _U16.pack_into(g, _H + 2, total)
+                g[_H + 10 : _H + 12] = b"\0\0"
+                _U16.pack_into(g, _H + 10, 0xFFFF - ones_sum(g[_H : _H + 20]))
+                addrs = g[_H + 12 : _H + 20]
+                gso = GSO_TCPV4
+            else:
+                _U16.pack_into(g, _H + 4, tcp_len)
+                addrs = g[_H + 8 : _H + 40]
+                gso = GSO_TCPV6
+            # CHECKSUM_PARTIAL: the field holds the pseudo-header sum, the kernel adds the rest
+            _U16.pack_into(g, t + 16, fold(ones_sum(addrs) + 6 + tcp_len))
+            VNET_HDR.pack_into(g, 0, NEEDS_CSUM, gso, self.hlen, self.seg, ihl, 16)
+            self.coalesced += 1
+            self.segments += held
+        try:
+            self.write(self.view[: self.end])
+        except OSError:
+            self.errors += 1
