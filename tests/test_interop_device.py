@@ -13,6 +13,7 @@ import pytest
 
 from tests.support import IMPLS, interop
 from wgpy import testbed as tb
+from wgpy import uapi_client
 
 pytestmark = interop
 NETPROBE = str(Path(__file__).with_name("netprobe.py"))
@@ -105,6 +106,7 @@ def test_tcp_transfer_100mb_checksum(impls: tuple[str, str], direction: str) -> 
         src_ns, dst_ns, dst_ip = (
             (p.ns_a, p.ns_b, p.tun_ip_b) if direction == "a->b" else (p.ns_b, p.ns_a, p.tun_ip_a)
         )
+        receiver, receiver_impl = (p.wg_b, impls[1]) if direction == "a->b" else (p.wg_a, impls[0])
         sink = _probe(dst_ns, "tcp-sink", dst_ip, "5201")
         _wait_listening(sink)
         source = _probe(src_ns, "tcp-source", dst_ip, "5201", str(nbytes))
@@ -114,6 +116,13 @@ def test_tcp_transfer_100mb_checksum(impls: tuple[str, str], direction: str) -> 
         assert got["sha256"] == sent["sha256"]
         secs = float(str(sent["seconds"]))
         print(f"\n{direction} {impls}: {nbytes * 8 / secs / 1e6:.0f} Mbit/s")
+        if receiver_impl == "wgpy":  # it wrote the stream to its TUN in GSO packets
+            assert isinstance(receiver, tb.WgInstance)
+            stats = uapi_client.stats_at(receiver.socket_path)
+            writes, segments = stats["tun_gso_writes"], stats["tun_gso_segments"]
+            print(f"{segments} segments in {writes} GSO writes")
+            assert writes > 0 and segments >= 2 * writes
+            assert stats["tun_write_errors"] == 0
 
 
 def test_udp_datagrams_both_ways(pair: tb.Pair) -> None:
@@ -181,3 +190,43 @@ def test_roaming_endpoint_moves_and_traffic_continues(pair: tb.Pair) -> None:
     r = pair.ping(from_a=True, count=2, timeout=3.0)
     assert r.returncode == 0, r.stdout
     assert _peer(pair.wg_b).endpoint == f"{pair.veth.ip_a}:51820"
+
+
+_V6_SINK = """
+import hashlib, socket
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.bind(("fd00:99::2", 5301)); s.listen(1); print("listening", flush=True)
+c, _ = s.accept(); h = hashlib.sha256(); n = 0
+while d := c.recv(1 << 16):
+    h.update(d); n += len(d)
+print(n, h.hexdigest(), flush=True)
+"""
+_V6_SOURCE = """
+import hashlib, os, socket
+data = os.urandom(1 << 20) * 24
+s = socket.create_connection(("fd00:99::2", 5301)); s.sendall(data); s.close()
+print(len(data), hashlib.sha256(data).hexdigest(), flush=True)
+"""
+
+
+def test_tcp_over_ipv6_from_wireguard_go_is_coalesced_intact() -> None:
+    """IPv6 inside the tunnel: wgpy writes wireguard-go's TCP segments as TCPV6 GSO packets."""
+    with tb.make_pair(IMPLS["wireguard-go"], IMPLS["wgpy"]) as p:
+        p.wait_handshake()
+        for w, ns, me, v4, pub in (
+            (p.wg_a, p.ns_a, "fd00:99::1", p.tun_ip_b, p.pub_b),
+            (p.wg_b, p.ns_b, "fd00:99::2", p.tun_ip_a, p.pub_a),
+        ):
+            other = "fd00:99::2" if me.endswith("1") else "fd00:99::1"
+            w.wg("set", "wg0", "peer", pub, "allowed-ips", f"{v4}/32,{other}/128")
+            ns.run(["ip", "-6", "addr", "add", f"{me}/64", "dev", "wg0", "nodad"])
+        sink = p.ns_b.popen([sys.executable, "-c", _V6_SINK], stdout=subprocess.PIPE)
+        _wait_listening(sink)
+        sent = p.ns_a.run([sys.executable, "-c", _V6_SOURCE], timeout=120).stdout.split()
+        assert sink.stdout is not None
+        got = sink.stdout.readline().decode().split()
+        assert got == sent and int(sent[0]) == 24 << 20
+        assert isinstance(p.wg_b, tb.WgInstance)
+        stats = uapi_client.stats_at(p.wg_b.socket_path)
+        assert stats["tun_gso_writes"] > 0
+        assert stats["tun_gso_segments"] >= 2 * stats["tun_gso_writes"]

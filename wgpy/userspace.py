@@ -86,6 +86,7 @@ def run(ifname: str, *, foreground: bool, socket_dir: str = SOCKET_DIR) -> int:
     from wgpy.constants import DEFAULT_MTU
     from wgpy.device import Device
     from wgpy.errors import WgpyError
+    from wgpy.io import gro
     from wgpy.io.loop import DeviceRunner, interface_exists
     from wgpy.io.uapi_server import UapiServer, listen, socket_path
 
@@ -95,6 +96,7 @@ def run(ifname: str, *, foreground: bool, socket_dir: str = SOCKET_DIR) -> int:
             create_only=True,
             mtu=DEFAULT_MTU,
             dev_path=os.environ.get("WGPY_TUN_DEVICE", "/dev/net/tun"),
+            vnet_hdr=gro.wanted(),
         )
     except TunError as e:
         print(f"wgpy-userspace: {e}", file=sys.stderr)

@@ -11,7 +11,9 @@ layer moves the common case — a data packet on an established session — with
 * **UDP → TUN** (:meth:`FastPath.on_udp`): ``recvmsg_into`` one buffer; with ``UDP_GRO`` the
   kernel hands several datagrams of one flow at once, split by the cmsg's segment size. Each is
   opened in place (``decrypt_into``), replay-checked *after* authentication, source-checked and
-  written to the TUN from the same buffer.
+  written to the TUN from the same buffer. On a TUN opened with ``IFF_VNET_HDR``, TCP
+  segments are held instead and consecutive ones of a flow go to the TUN as one GSO write
+  (:mod:`wgpy.io.gro`), at the latest when the socket has nothing more to read.
 
 Latency comes first where it costs nothing in throughput: the first packet of a TUN read is
 sent at once, before the rest of the batch; and after the first packet ``on_udp`` writes to
@@ -50,6 +52,7 @@ from noise.crypto import pack_nonce as _nonce
 from tun.base import TunDevice
 from wgpy import messages
 from wgpy.device import Device
+from wgpy.io.gro import NEEDS_CSUM, VNET_HDR_LEN, ZERO_VNET_HDR, TcpCoalescer
 from wgpy.io.udp import UdpBind
 from wgpy.keypair import Keypair
 from wgpy.peer import Endpoint, Peer
@@ -105,6 +108,10 @@ class FastPath:
         self._file = _raw_file(tun)
         self._read_into = self._file.readinto if self._file is not None else tun.read_into
         self._write = self._file.write if self._file is not None else tun.write
+        # IFF_VNET_HDR: reads put the header in the head-room, writes carry one (gro.py)
+        self.vnet = self._file is not None and bool(getattr(tun, "vnet_hdr", False))
+        self._vnet_len = VNET_HDR_LEN if self.vnet else 0
+        self.gro = TcpCoalescer(self._write) if self.vnet else None
         self._pending_rx: dict[Peer, list[Any]] = {}  # received, not yet committed
         self._tx = bytearray(ARENA)
         self._txv = memoryview(self._tx)
@@ -203,6 +210,7 @@ class FastPath:
         lookup = dev.allowed_ips.lookup
         mtu = dev.mtu
         buf, view = self._tx, self._txv
+        vnet = self._vnet_len
         # the peer of the previous packet, its keypair, seal and endpoint
         last_peer: Peer | None = None
         kp: Keypair | None = None
@@ -219,7 +227,7 @@ class FastPath:
                 off = 0
             body = off + HEADROOM
             try:
-                n = read_into(view[body : body + MAX_PACKET])
+                n = read_into(view[body - vnet : body + MAX_PACKET])
             except BlockingIOError:
                 break
             except OSError as e:
@@ -229,6 +237,11 @@ class FastPath:
                 break
             if n is None:  # FileIO's EAGAIN
                 break
+            if vnet:  # its virtio_net_hdr is in the head-room; no offloads were asked for
+                n -= vnet
+                if buf[body - vnet + 1] or buf[body - vnet] & NEEDS_CSUM:
+                    dev.drops["malformed_outbound"] += 1
+                    continue
             version = buf[body] >> 4 if n else 0
             if version == 4 and n >= 20:
                 peer = lookup(buf[body + 16 : body + 20])
@@ -314,6 +327,9 @@ class FastPath:
         buf, view = self._rx, self._rxv
         rx_bufs = self._rx_bufs
         write = self._write
+        gro = self.gro
+        vnet = self._vnet_len
+        held = False  # gro holds segments of this read
         unpack_from = _HEADER.unpack_from
         lookup = dev.allowed_ips.lookup
         pending = self._pending_rx  # peer -> [bytes, data packets, last source]
@@ -393,31 +409,48 @@ class FastPath:
                 if lookup(src) is not peer:
                     dev.drops["disallowed_source"] += 1
                     continue
+                totals[1] += 1
+                if gro is not None:
+                    if gro.offer(buf, body, length):
+                        held = True
+                        continue
+                    if held:
+                        held = False
+                        gro.flush()
+                    buf[body - vnet : body] = ZERO_VNET_HDR  # over the spent WireGuard header
                 try:
-                    write(view[body : body + length])
+                    write(view[body - vnet : body + length])
                 except OSError:
                     self.tun_write_errors += 1
-                totals[1] += 1
                 written = True
                 if not chained:
-                    # the first packet written: send what it was answered with before reading
-                    # on (roaming first, so that the answer goes where the packet came from)
                     chained = True
                     written = False
-                    peer.endpoint = addr
-                    if self.hand_over is not None:
-                        self.hand_over()  # the write may have woken a local reader (ping)
-                    self._tun_answer()
+                    self._answer_first(peer, addr)
                     totals = None  # committed
                     last_receiver = -1  # sessions may have moved on
+        if held:  # the TCP segments of this wake-up go as few writes
+            assert gro is not None
+            gro.flush()
+            written = True
         if not pending:
             return
         if written:
             for p, t in pending.items():
                 p.endpoint = t[2]
+            if not chained and self.hand_over is not None:
+                self.hand_over()
             self._tun_answer()
         if pending:
             self._commit_received(now)
+
+    def _answer_first(self, peer: Peer, addr: Endpoint) -> None:
+        """After the first TUN write of a wake-up: send what it was answered with before
+        reading on (roaming first, so that the answer goes where the packet came from)."""
+        peer.endpoint = addr
+        if self.hand_over is not None:
+            self.hand_over()  # the write may have woken a local reader (ping)
+        self._tun_answer()
 
     def _tun_answer(self) -> None:
         """Read the TUN right after writing to it: a local answer (ICMP echo reply, TCP ACK)
@@ -437,6 +470,8 @@ class FastPath:
         then write and send what it produced."""
         if self._pending_rx:
             self._commit_received(now)
+        if self.gro is not None:
+            self.gro.flush()  # what came before goes first
         dev = self.device
         dev.receive_datagram(bytes(data), addr, now=now)
         packets = dev.tun_packets_to_write()

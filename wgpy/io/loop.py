@@ -276,13 +276,19 @@ class DeviceRunner:
 
     def io_counters(self) -> dict[str, int]:
         """What the OS refused (datagrams, TUN writes) and internal errors, the fast path's
-        included: the counters the UAPI ``stats`` request reports."""
+        included, and its GSO writes: the counters the UAPI ``stats`` request reports."""
         fast = self.fast
-        return {
+        gro = fast.gro if fast else None
+        out = {
             "send_errors": self.send_errors + (fast.send_errors if fast else 0),
             "tun_write_errors": self.tun_write_errors + (fast.tun_write_errors if fast else 0),
             "internal_errors": self.internal_errors,
         }
+        if gro is not None:  # TCP segments coalesced into GSO writes (wgpy.io.gro)
+            out["tun_write_errors"] += gro.errors
+            out["tun_gso_writes"] = gro.coalesced
+            out["tun_gso_segments"] = gro.segments
+        return out
 
     def close(self) -> None:
         self.device.down()

@@ -37,6 +37,7 @@ from tun.base import TunError
 from tun.linux import LinuxTun
 from wgpy.device import Device
 from wgpy.errors import WgpyError
+from wgpy.io import gro
 from wgpy.io.loop import DeviceRunner, interface_exists
 from wgpy.peer import Peer
 from wgpy.supervisor.config import Tunnel
@@ -115,7 +116,7 @@ class TunnelRuntime:
         try:
             self.endpoint = resolve_endpoint(*t.peer_endpoint)
             try:
-                tun = LinuxTun(t.name, create_only=True, mtu=MTU)
+                tun = LinuxTun(t.name, create_only=True, mtu=MTU, vnet_hdr=gro.wanted())
             except TunError as e:
                 raise TunnelError(f"tunnel {t.name}: {e}") from None
             now = self.clock()
