@@ -85,7 +85,7 @@ def feed(packets: list[bytes]) -> tuple[TcpCoalescer, Sink, list[bool]]:
     taken = []
     for p in packets:
         buf = bytearray(b"\xee" * 30 + p + b"\xee" * 20)  # the caller's buffer, reused
-        ok = gro.offer(buf, 30, len(p))
+        ok = gro.offer(memoryview(buf), 30, len(p))
         if not ok:
             gro.flush()
             sink.writes.append(b"alone:" + p)
@@ -153,6 +153,10 @@ def test_a_lone_segment_is_written_as_it_came() -> None:
     assert gro.coalesced == 0
 
 
+def _data_offset(packet: bytes, words: int) -> bytes:
+    return packet[:32] + bytes([words << 4]) + packet[33:]
+
+
 def _flags_and_offset(packet: bytes, value: int) -> bytes:
     return packet[:6] + struct.pack("!H", value) + packet[8:]
 
@@ -165,11 +169,12 @@ def _flags_and_offset(packet: bytes, value: int) -> bytes:
         tcp_segment(1, b"x" * 100, flags=0x02),  # SYN
         tcp_segment(1, b""),  # a pure ACK
         bytes.fromhex("4500001c0000400040010000") + bytes(16),  # ICMP
+        _data_offset(tcp_segment(1, b"x" * 100), 4),  # a TCP header shorter than 20 bytes
         _flags_and_offset(tcp_segment(1, b"x" * 100), 0x2000),  # a first fragment (MF)
         _flags_and_offset(tcp_segment(1, b"x" * 100), 0x0001),  # a later fragment
         bytes.fromhex("4600002000000000400600000a0700010a070002") + bytes(12),  # IP options
     ],
-    ids=["psh", "fin", "syn", "pure-ack", "icmp", "fragment", "offset", "ip-options"],
+    ids=["psh", "fin", "syn", "pure-ack", "icmp", "short-tcp", "fragment", "offset", "ip-options"],
 )
 def test_what_cannot_be_coalesced_is_refused(packet: bytes) -> None:
     gro, sink, taken = feed([*segments(2), packet])
@@ -205,15 +210,32 @@ def _change(i: int, **kw: object) -> list[bytes]:
 def test_groups_break_where_the_segments_differ(segs: list[bytes], groups: list[int]) -> None:
     _gro, sink, taken = feed(segs)
     assert all(taken)
-    got = []
-    for w in sink.writes:
-        flags, _gso, hlen, size, _s, _o = VNET_HDR.unpack_from(w)
-        payload = len(w) - VNET_HDR_LEN - (hlen or 52)
-        got.append(-(-payload // size) if flags else 1)
-    assert got == groups
+    assert _groups(sink.writes) == groups
     assert sum(len(w) - VNET_HDR_LEN for w in sink.writes) == sum(len(s) for s in segs) - sum(
         52 * (g - 1) for g in groups
     )
+
+
+def _groups(writes: list[bytes]) -> list[int]:
+    out = []
+    for w in writes:
+        flags, _gso, hlen, size, _s, _o = VNET_HDR.unpack_from(w)
+        out.append(-(-(len(w) - VNET_HDR_LEN - hlen) // size) if flags else 1)
+    return out
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"sport": 40001}, {"ack": 5001}, {"window": 501}, {"ttl": 63}, {"options": bytes(12)}],
+    ids=["flow", "ack", "window", "hop-limit", "options"],
+)
+def test_ipv6_groups_break_where_the_segments_differ(change: dict[str, int]) -> None:
+    segs = segments(2, v6=True) + [
+        tcp_segment(1000 + j * MSS, bytes([j]) * MSS, v6=True, **change)  # type: ignore[arg-type]
+        for j in (2, 3)
+    ]
+    _gro, sink, taken = feed(segs)
+    assert all(taken) and _groups(sink.writes) == [2, 2]
 
 
 def test_ones_sum_matches_the_word_by_word_sum() -> None:
@@ -227,7 +249,7 @@ def test_a_refused_write_is_counted_and_the_group_dropped() -> None:
 
     gro = TcpCoalescer(refuse)
     for seg in segments(3):
-        assert gro.offer(bytearray(seg), 0, len(seg))
+        assert gro.offer(memoryview(bytearray(seg)), 0, len(seg))
     gro.flush()
     assert gro.errors == 1 and gro.held == 0
     gro.flush()  # nothing held: nothing written

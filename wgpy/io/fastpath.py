@@ -411,7 +411,7 @@ class FastPath:
                     continue
                 totals[1] += 1
                 if gro is not None:
-                    if gro.offer(buf, body, length):
+                    if gro.offer(view, body, length):
                         held = True
                         continue
                     if held:

@@ -34,6 +34,14 @@ _SEQ = struct.Struct("!I")
 _U16 = struct.Struct("!H")
 _H = VNET_HDR_LEN  # where the group's IP packet starts in the buffer
 
+# The fields a segment must share with the first of its group, per TCP header length: all of
+# the IP and TCP headers but lengths, IPv4 ID, checksums and the sequence number (skipped).
+# IPv4: version/IHL/TOS; flags/fragment, TTL, protocol; addresses and ports; ACK, offset,
+# flags, window; urgent pointer and options. IPv6: version/class/flow label; next header, hop
+# limit, addresses and ports; then as IPv4.
+_KEY_V4 = {thl: struct.Struct(f"!2s4x4s2x12s4x8s2x{thl - 18}s") for thl in range(20, 61, 4)}
+_KEY_V6 = {thl: struct.Struct(f"!4s2x38s4x8s2x{thl - 18}s") for thl in range(20, 61, 4)}
+
 
 def wanted() -> bool:
     """Whether TUNs are opened for coalesced writes: yes unless ``WGPY_TUN_GRO=0``."""
@@ -57,11 +65,12 @@ def fold(x: int) -> int:
 class TcpCoalescer:
     """Holds consecutive segments of one TCP flow and writes them as one GSO packet.
 
-    ``offer(buf, start, length)`` takes the IP packet ``buf[start:start+length]`` into the
-    group (True; it is copied, so ``buf`` may be reused) or refuses it (False: the caller
-    writes it alone, after :meth:`flush`). :meth:`flush` writes the group, if any; call it
-    before anything else goes to the TUN and at the end of each batch. ``write`` receives the
-    bytes to write, ``virtio_net_hdr`` first; it may raise ``OSError`` (counted in ``errors``).
+    ``offer(view, start, length)`` takes the IP packet ``view[start:start+length]`` (a
+    memoryview of bytes) into the group (True; it is copied, so the buffer may be reused) or
+    refuses it (False: the caller writes it alone, after :meth:`flush`). :meth:`flush` writes
+    the group, if any; call it before anything else goes to the TUN and at the end of each
+    batch. ``write`` receives the bytes to write, ``virtio_net_hdr`` first; it may raise
+    ``OSError`` (counted in ``errors``).
     """
 
     def __init__(self, write: Callable[[memoryview], object]) -> None:
@@ -74,70 +83,60 @@ class TcpCoalescer:
         self.hlen = 0  # IP + TCP header length
         self.seg = 0  # payload size of the first segment: the GSO segment size
         self.next_seq = 0
+        self.key: tuple[object, ...] = ()  # the header fields a joining segment must repeat
+        self.key_of = _KEY_V4[20]
         self.coalesced = 0  # GSO packets written
         self.segments = 0  # segments they carried
         self.errors = 0  # writes the OS refused (their segments are lost, as TCP allows)
 
-    def offer(self, buf: bytearray, start: int, length: int) -> bool:
-        b0 = buf[start]
-        if b0 == 0x45:  # IPv4 without options, TCP, not a fragment (DF allowed)
-            if buf[start + 9] != 6 or buf[start + 6] & 0x3F or buf[start + 7]:
-                return False
+    def offer(self, view: memoryview, start: int, length: int) -> bool:
+        b0 = view[start]
+        if b0 == 0x45:  # IPv4 without options
             ihl = 20
-        elif b0 >> 4 == 6:  # IPv6, TCP right after the fixed header
-            if buf[start + 6] != 6:
-                return False
+        elif b0 >> 4 == 6:
             ihl = 40
         else:
             return False
         t = start + ihl
-        if length < ihl + 20 or buf[t + 13] != TCP_ACK:
+        if length < ihl + 20:
             return False
-        hlen = ihl + (buf[t + 12] >> 4) * 4
+        hlen = ihl + (view[t + 12] >> 4) * 4
         payload = length - hlen
-        if payload <= 0:
-            return False  # pure ACKs: nothing to gain, and they carry window updates
-        seq = _SEQ.unpack_from(buf, t + 4)[0]
         if self.held:
-            g, h, gt = self.buf, _H, _H + ihl
+            # the common case, a segment that joins: one unpack for every field but the
+            # lengths, IPv4 ID, checksums and sequence number (the segment must repeat them)
             if (
                 hlen == self.hlen
                 and ihl == self.ihl
-                and seq == self.next_seq
-                and payload <= self.seg
+                and 0 < payload <= self.seg
+                and _SEQ.unpack_from(view, t + 4)[0] == self.next_seq
+                and self.key_of.unpack_from(view, start) == self.key
                 and self.end + payload <= _H + MAX_IP
-                and self._same_flow(buf, start, t)
-                and buf[t + 8 : t + 16] == g[gt + 8 : gt + 16]  # ack, offset, flags, window
-                and buf[t + 18 : start + hlen] == g[gt + 18 : h + hlen]  # urgent, options
             ):
                 end = self.end
-                self.buf[end : end + payload] = buf[start + hlen : start + length]
+                self.buf[end : end + payload] = view[start + hlen : start + length]
                 self.end = end + payload
                 self.held += 1
-                self.next_seq = (seq + payload) & 0xFFFFFFFF
+                self.next_seq = (self.next_seq + payload) & 0xFFFFFFFF
                 if payload < self.seg:  # a short segment ends a group
                     self.flush()
                 return True
             self.flush()
-        self.buf[_H : _H + length] = buf[start : start + length]
+        # a new group: TCP (IPv4: not a fragment; IPv6: no extension header), flags ACK alone
+        if ihl == 20:
+            if view[start + 9] != 6 or view[start + 6] & 0x3F or view[start + 7]:
+                return False
+        elif view[start + 6] != 6:
+            return False
+        if view[t + 13] != TCP_ACK or payload <= 0 or hlen - ihl < 20:
+            return False  # pure ACKs: nothing to gain, and they carry window updates
+        key_of = (_KEY_V4 if ihl == 20 else _KEY_V6)[hlen - ihl]
+        self.buf[_H : _H + length] = view[start : start + length]
         self.held, self.end = 1, _H + length
         self.ihl, self.hlen, self.seg = ihl, hlen, payload
-        self.next_seq = (seq + payload) & 0xFFFFFFFF
+        self.next_seq = (_SEQ.unpack_from(view, t + 4)[0] + payload) & 0xFFFFFFFF
+        self.key_of, self.key = key_of, key_of.unpack_from(view, start)
         return True
-
-    def _same_flow(self, buf: bytearray, start: int, t: int) -> bool:
-        """IP fields that must match (all but length, ID, checksum) and the ports."""
-        g, h = self.buf, _H
-        if self.ihl == 20:  # version/IHL/TOS; flags/fragment, TTL, protocol; addresses, ports
-            return (
-                buf[start : start + 2] == g[h : h + 2]
-                and buf[start + 6 : start + 10] == g[h + 6 : h + 10]
-                and buf[start + 12 : t + 4] == g[h + 12 : h + 24]
-            )
-        # version/class/flow label; next header, hop limit, addresses, ports
-        return (
-            buf[start : start + 4] == g[h : h + 4] and buf[start + 6 : t + 4] == g[h + 6 : h + 44]
-        )
 
     def flush(self) -> None:
         """Write the group (one GSO packet, or the lone segment as it came) and forget it."""
