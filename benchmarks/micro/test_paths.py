@@ -193,3 +193,29 @@ def test_fastpath_one_small_packet_receive(benchmark: Any, fast: Any) -> None:
 
     benchmark.pedantic(fb.on_udp, setup=setup, rounds=2000)
     assert fb.device.drops == {}
+
+
+def test_gro_coalesce_47_segments(benchmark: Any) -> None:
+    """47 full TCP segments (1368-byte payloads, timestamps) into one GSO write; per
+    segment, divide by 47."""
+    from tests.test_gro import segments
+    from wgpy.io.gro import TcpCoalescer
+
+    segs = segments(47)
+    buf = bytearray(sum(len(s) for s in segs))
+    spans, off = [], 0
+    for s in segs:
+        buf[off : off + len(s)] = s
+        spans.append((off, len(s)))
+        off += len(s)
+    view = memoryview(buf)
+    written: list[int] = []
+    gro = TcpCoalescer(lambda data: written.append(len(data)))
+
+    def run() -> None:
+        for start, length in spans:
+            gro.offer(view, start, length)
+        gro.flush()
+
+    benchmark(run)
+    assert gro.segments == 47 * gro.coalesced and written[-1] == 10 + 52 + 47 * 1368

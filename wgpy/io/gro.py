@@ -14,6 +14,10 @@ of the first, a smaller one only last. The written packet has its IP length (and
 checksum) fixed, ``NEEDS_CSUM`` with the pseudo-header sum in the TCP checksum field, as a
 NIC's ``CHECKSUM_PARTIAL`` packet has. Anything else is written as it came, with a zeroed
 header. Sans-IO: the caller gives the write function.
+
+The segments' own TCP checksums are not verified: the kernel then treats the packet as
+checked. That is what the kernel's WireGuard does with every decrypted packet
+(``CHECKSUM_UNNECESSARY``): the AEAD already proved it arrived as the peer sent it.
 """
 
 from __future__ import annotations
