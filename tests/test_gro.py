@@ -8,6 +8,7 @@ checksum field such that the kernel's completion gives the checksum of the whole
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import struct
 
@@ -254,3 +255,38 @@ def test_a_refused_write_is_counted_and_the_group_dropped() -> None:
     assert gro.errors == 1 and gro.held == 0
     gro.flush()  # nothing held: nothing written
     assert gro.errors == 1
+
+
+def test_a_kernel_refusing_gso_writes_turns_coalescing_off() -> None:
+    """EINVAL for a GSO write: that group is lost once, later segments are refused (the
+    caller writes them alone), and lone segments never trip it."""
+    writes: list[bytes] = []
+
+    def kernel(data: memoryview) -> int:
+        if data[1]:  # a gso_type: this kernel does not take them
+            raise OSError(errno.EINVAL, "Invalid argument")
+        writes.append(bytes(data))
+        return len(data)
+
+    gro = TcpCoalescer(kernel)
+    one = segments(1)[0]
+    assert gro.offer(memoryview(bytearray(one)), 0, len(one))
+    gro.flush()
+    assert writes == [bytes(VNET_HDR_LEN) + one] and not gro.refused
+    for seg in segments(3):
+        assert gro.offer(memoryview(bytearray(seg)), 0, len(seg))
+    gro.flush()
+    assert gro.refused and gro.errors == 1
+    later = segments(2, seq0=9000)
+    assert not any(gro.offer(memoryview(bytearray(s)), 0, len(s)) for s in later)
+
+
+def test_other_write_errors_keep_coalescing_on() -> None:
+    def full(_data: memoryview) -> int:
+        raise OSError(errno.ENOBUFS, "No buffer space available")
+
+    gro = TcpCoalescer(full)
+    for seg in segments(3):
+        gro.offer(memoryview(bytearray(seg)), 0, len(seg))
+    gro.flush()
+    assert gro.errors == 1 and not gro.refused

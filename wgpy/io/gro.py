@@ -22,6 +22,7 @@ checked. That is what the kernel's WireGuard does with every decrypted packet
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from collections.abc import Callable
@@ -74,7 +75,9 @@ class TcpCoalescer:
     refuses it (False: the caller writes it alone, after :meth:`flush`). :meth:`flush` writes
     the group, if any; call it before anything else goes to the TUN and at the end of each
     batch. ``write`` receives the bytes to write, ``virtio_net_hdr`` first; it may raise
-    ``OSError`` (counted in ``errors``).
+    ``OSError`` (counted in ``errors``). When the kernel refuses a GSO write (EINVAL,
+    EOPNOTSUPP), ``refused`` is set and every later packet refused, so the caller writes them
+    one by one.
     """
 
     def __init__(self, write: Callable[[memoryview], object]) -> None:
@@ -92,8 +95,11 @@ class TcpCoalescer:
         self.coalesced = 0  # GSO packets written
         self.segments = 0  # segments they carried
         self.errors = 0  # writes the OS refused (their segments are lost, as TCP allows)
+        self.refused = False  # the kernel refused a GSO write: write segments one by one
 
     def offer(self, view: memoryview, start: int, length: int) -> bool:
+        if self.refused:
+            return False
         b0 = view[start]
         if b0 == 0x45:  # IPv4 without options
             ihl = 20
@@ -172,5 +178,9 @@ class TcpCoalescer:
             self.segments += held
         try:
             self.write(self.view[: self.end])
-        except OSError:
+        except OSError as e:
             self.errors += 1
+            if held > 1 and e.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                # a kernel that does not take GSO packets on a TUN (the UDP GSO fallback's
+                # counterpart): these segments are lost once, TCP resends them
+                self.refused = True

@@ -288,6 +288,7 @@ class DeviceRunner:
             out["tun_write_errors"] += gro.errors
             out["tun_gso_writes"] = gro.coalesced
             out["tun_gso_segments"] = gro.segments
+            out["tun_gso_refused"] = int(gro.refused)  # the kernel took none: turned off
         return out
 
     def close(self) -> None:
