@@ -264,3 +264,41 @@ def test_kernel_probe_leaves_nothing_and_agrees_with_sysfs() -> None:
         assert available  # a loaded module must be found
     elif shutil.which("modinfo") and tb.run(["modinfo", "wireguard"], check=False).returncode:
         assert not available  # neither loaded nor loadable
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["returns", "raises"])
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
+def test_run_in_netns_leaves_the_callers_namespace_alone(fails: bool) -> None:
+    """The namespace switch happens in a helper thread: the caller's thread never leaves its
+    namespace (a SIGTERM handled there once stranded the demo in one, and cleaning that
+    namespace up then SIGKILLed the demo itself)."""
+    import socket
+    import threading
+
+    from wgpy.harness.netns import run_in_netns
+
+    own = os.readlink("/proc/thread-self/ns/net")
+    caller = f"/proc/self/task/{threading.get_native_id()}/ns/net"
+    seen: list[tuple[str, str]] = []
+    with tb.Namespace("wgpyrun") as ns:
+        ns.ip("link", "set", "lo", "up")
+        ns.ip("addr", "add", "10.123.0.1/32", "dev", "lo")
+
+        def make() -> socket.socket:
+            # while the work runs in the namespace, the caller's thread is still outside
+            seen.append((os.readlink("/proc/thread-self/ns/net"), os.readlink(caller)))
+            if fails:
+                raise OSError("refused")
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("10.123.0.1", 0))  # the address exists only inside the namespace
+            return s
+
+        if fails:
+            with pytest.raises(OSError, match="refused"):
+                run_in_netns(ns.name, make)
+        else:
+            with run_in_netns(ns.name, make) as s:
+                assert s.getsockname()[0] == "10.123.0.1"
+        assert len(seen) == 1 and seen[0][0] != own and seen[0][1] == own
+        assert os.readlink("/proc/thread-self/ns/net") == own
+        assert str(os.getpid()) not in ns.run(["ip", "netns", "pids", ns.name]).stdout.split()

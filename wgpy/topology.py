@@ -22,8 +22,8 @@
 
 Every address lives only inside these namespaces; everything is removed on close, also when
 building fails half-way. Helpers create sockets *inside* a namespace from this process
-(``in_netns`` switches only the calling thread), so probes and stand-in servers need no
-subprocess and time their requests precisely.
+(a short-lived thread joins the namespace: the caller's thread never leaves its own), so
+probes and stand-in servers need no subprocess and time their requests precisely.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ from typing import IO, Any, Self
 
 import yaml
 
-from tun.netlink import in_netns
 from wgpy import testbed
+from wgpy.harness.netns import run_in_netns
 from wgpy.keys import generate_private_key, public_key, to_base64
 
 UNDERLAY_NET = "10.77.0.0/24"
@@ -293,8 +293,7 @@ class Topology:
 
     def socket_in(self, ns: testbed.Namespace, kind: socket.SocketKind) -> socket.socket:
         """A socket created inside ``ns`` (it stays there wherever it is used)."""
-        with in_netns(ns.name):
-            return socket.socket(socket.AF_INET, kind)
+        return run_in_netns(ns.name, lambda: socket.socket(socket.AF_INET, kind))
 
     def tcp_request(
         self, host: str, port: int, *, source: str | None = None, timeout: float = 1.0

@@ -13,12 +13,14 @@ import os
 import select
 import socket
 import threading
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 Address = tuple[str, int]
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/run/netns"
 MAX_DATAGRAM = 65535
+T = TypeVar("T")
 
 
 class Transport(Protocol):
@@ -42,6 +44,33 @@ def _setns(path: str) -> None:
         os.close(fd)
 
 
+def run_in_netns(netns: str, make: Callable[[], T]) -> T:
+    """``make()`` run in a short-lived thread that joined network namespace ``netns`` (a name
+    under ``/run/netns`` or a path); its result or exception comes back to the caller.
+
+    The caller's thread never changes namespace, so a signal handled meanwhile (SIGTERM
+    raising in the main thread) cannot leave it stranded in ``netns``, where cleaning up the
+    namespace would then kill this very process.
+    """
+    path = netns if "/" in netns else os.path.join(NETNS_DIR, netns)
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            _setns(path)
+            result.append(make())
+        except BaseException as e:  # handed to the caller's thread below
+            error.append(e)
+
+    t = threading.Thread(target=worker, name="wgpy-setns")
+    t.start()
+    t.join()
+    if error:
+        raise error[0]
+    return result[0]
+
+
 def udp_socket(
     host: str = "127.0.0.1", port: int = 0, *, netns: str | None = None
 ) -> socket.socket:
@@ -61,25 +90,7 @@ def udp_socket(
             raise
         return s
 
-    if netns is None:
-        return make()
-    path = netns if "/" in netns else os.path.join(NETNS_DIR, netns)
-    result: list[socket.socket] = []
-    error: list[BaseException] = []
-
-    def worker() -> None:
-        try:
-            _setns(path)
-            result.append(make())
-        except BaseException as e:  # handed to the caller's thread below
-            error.append(e)
-
-    t = threading.Thread(target=worker, name="wgpy-harness-setns")
-    t.start()
-    t.join()
-    if error:
-        raise error[0]
-    return result[0]
+    return make() if netns is None else run_in_netns(netns, make)
 
 
 class UdpTransport:
