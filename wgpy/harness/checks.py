@@ -146,13 +146,16 @@ class Context:
 
         In bursts, so that wireguard-go's handshake queue fills (≥ 128 queued = under load) and
         a rate-based detector sees > 1000/s, without overflowing a slow receiver's buffer so
-        much that the load never registers.
+        much that the load never registers. A burst is 400: bursts of 150 left little margin
+        over 128 while wireguard-go's workers drain the queue, and once (a clean-clone CI
+        run) wireguard-go was not under load after them; a default 208 KiB receive buffer
+        holds a couple of hundred of these small datagrams, enough either way.
         """
         n = self.flood_count if count is None else count
         junk = ScriptedPeer(self.target.public_key, transport=self.transport("127.0.0.2"))
         tr = junk.transport
         assert isinstance(tr, UdpTransport)
-        burst = 150
+        burst = 400
         for start in range(0, n, burst):
             for _ in range(min(burst, n - start)):
                 tr.send(junk.junk_initiation(), self.target.address)
