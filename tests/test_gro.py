@@ -14,12 +14,12 @@ import struct
 
 import pytest
 
+from tun.base import VNET_HDR_LEN
 from wgpy.io.gro import (
     GSO_TCPV4,
     GSO_TCPV6,
     NEEDS_CSUM,
     VNET_HDR,
-    VNET_HDR_LEN,
     TcpCoalescer,
     ones_sum,
 )

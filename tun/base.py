@@ -13,6 +13,10 @@ from wgpy.errors import WgpyError
 
 # Linux IFNAMSIZ is 16 including the terminating NUL.
 IFNAMSIZ = 16
+# With IFF_VNET_HDR every TUN read and write starts with a struct virtio_net_hdr (the kernel's
+# default size); a zeroed one means "a plain packet, checksums complete".
+VNET_HDR_LEN = 10
+ZERO_VNET_HDR = bytes(VNET_HDR_LEN)
 
 
 class TunError(WgpyError):

@@ -21,7 +21,7 @@ import struct
 
 import pytun
 
-from tun.base import TunError, validate_ifname
+from tun.base import VNET_HDR_LEN, ZERO_VNET_HDR, TunError, validate_ifname
 
 _DEV_TUN = "/dev/net/tun"
 # Without IFF_VNET_HDR the kernel never hands us more than the MTU, but the MTU can be raised
@@ -37,8 +37,6 @@ _IFF_UP = 0x1
 _IFREQ_SHORT = struct.Struct("16sh22x")
 _IFREQ_INT = struct.Struct("16si20x")
 IFF_VNET_HDR = 0x4000
-VNET_HDR_LEN = 10  # struct virtio_net_hdr, the kernel's default size
-_ZERO_VNET_HDR = bytes(VNET_HDR_LEN)
 
 
 def _flags(*, multi_queue: bool, exclusive: bool, vnet_hdr: bool = False) -> int:
@@ -178,7 +176,7 @@ class LinuxTun:
     def write(self, packet: bytes | bytearray | memoryview) -> int:
         """Inject one IP packet into the kernel's stack as if received on this interface."""
         if self.vnet_hdr:
-            return os.writev(self._fd, [_ZERO_VNET_HDR, packet]) - VNET_HDR_LEN
+            return os.writev(self._fd, [ZERO_VNET_HDR, packet]) - VNET_HDR_LEN
         return os.write(self._fd, packet)
 
     def close(self) -> None:

@@ -12,6 +12,8 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
+from wgpy.io.gro import ones_sum
+
 PROTO_ICMP = 1
 PROTO_UDP = 17
 PROTO_ICMPV6 = 58
@@ -24,18 +26,11 @@ _PROTO_NAMES = {PROTO_ICMP: "icmp", 6: "tcp", PROTO_UDP: "udp", PROTO_ICMPV6: "i
 
 
 def checksum(data: bytes | bytearray) -> int:
-    """The Internet checksum (RFC 1071) of ``data``.
-
-    Summing the data as one big integer modulo 0xFFFF is the one's-complement sum (protocol doc
-    §12.2: ~5× faster than a 16-bit loop); a non-zero multiple of 0xFFFF maps to 0xFFFF.
-    """
+    """The Internet checksum (RFC 1071) of ``data``: the complement of its ones'-complement
+    sum (:func:`wgpy.io.gro.ones_sum`), an odd last byte padded with zero."""
     if len(data) % 2:
         data = bytes(data) + b"\0"
-    value = int.from_bytes(data, "big")
-    s = value % 0xFFFF
-    if s == 0 and value:
-        s = 0xFFFF
-    return ~s & 0xFFFF
+    return ~ones_sum(data) & 0xFFFF
 
 
 def _addr(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

@@ -49,10 +49,10 @@ from typing import Any
 
 from noise.crypto import AuthenticationFailed
 from noise.crypto import pack_nonce as _nonce
-from tun.base import TunDevice
+from tun.base import VNET_HDR_LEN, ZERO_VNET_HDR, TunDevice
 from wgpy import messages
 from wgpy.device import Device
-from wgpy.io.gro import NEEDS_CSUM, VNET_HDR_LEN, ZERO_VNET_HDR, TcpCoalescer
+from wgpy.io.gro import NEEDS_CSUM, TcpCoalescer
 from wgpy.io.udp import UdpBind
 from wgpy.keypair import Keypair
 from wgpy.peer import Endpoint, Peer
@@ -109,9 +109,9 @@ class FastPath:
         self._read_into = self._file.readinto if self._file is not None else tun.read_into
         self._write = self._file.write if self._file is not None else tun.write
         # IFF_VNET_HDR: reads put the header in the head-room, writes carry one (gro.py)
-        self.vnet = self._file is not None and bool(getattr(tun, "vnet_hdr", False))
-        self._vnet_len = VNET_HDR_LEN if self.vnet else 0
-        self.gro = TcpCoalescer(self._write) if self.vnet else None
+        vnet = self._file is not None and bool(getattr(tun, "vnet_hdr", False))
+        self._vnet_len = VNET_HDR_LEN if vnet else 0
+        self.gro = TcpCoalescer(self._write) if vnet else None
         self._pending_rx: dict[Peer, list[Any]] = {}  # received, not yet committed
         self._tx = bytearray(ARENA)
         self._txv = memoryview(self._tx)

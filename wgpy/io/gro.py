@@ -27,12 +27,12 @@ import os
 import struct
 from collections.abc import Callable
 
-VNET_HDR_LEN = 10
+from tun.base import VNET_HDR_LEN, ZERO_VNET_HDR
+
 VNET_HDR = struct.Struct("=BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start/offset
 NEEDS_CSUM = 1
 GSO_TCPV4 = 1
 GSO_TCPV6 = 4
-ZERO_VNET_HDR = bytes(VNET_HDR_LEN)
 MAX_IP = 65535  # IPv4 total length (IPv6: payload length) fits 16 bits
 TCP_ACK = 0x10
 _SEQ = struct.Struct("!I")
