@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.run import parse_impl
-from benchmarks.workloads import parse_ping, percentile
+from benchmarks.workloads import Target, ping_rtt
 from wgpy import testbed as tb
 
 
@@ -56,18 +56,12 @@ def measure(impl: list[str], *, count: int, interval: float) -> Sample:
     """Build a pair of `impl`, ping `count` times and return the p50 and CPU per ping."""
     with tb.make_pair(impl, impl, prefix="wgpyps") as pair:
         pair.wait_handshake()
+        t = Target("pair", pair.ns_a, pair.ns_b, pair.tun_ip_a, pair.tun_ip_b)
         pids = pair.wg_a.pids + pair.wg_b.pids
         before = cpu_ns(pids)
-        out = pair.ns_a.run(
-            ["ping", "-n", "-c", str(count), "-i", f"{interval:g}", "-W", "2", pair.tun_ip_b],
-            check=False,
-            timeout=count * interval + 30,
-        )
+        p50 = ping_rtt(t, count=count, interval=interval)["p50_ms"]
         spent = cpu_ns(pids) - before
-    rtts = parse_ping(out.stdout)
-    if not rtts:
-        raise RuntimeError(f"no ping replies: {out.stdout[-200:]!r} {out.stderr[-200:]!r}")
-    return Sample(percentile(rtts, 50), spent / 1000 / count)
+    return Sample(p50, spent / 1000 / count)
 
 
 def summarize(

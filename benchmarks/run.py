@@ -23,7 +23,6 @@ Needs root, iperf3, ping, ip, nsenter, wg and wireguard-go.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -95,7 +94,7 @@ class Settings:
     udp_rates: list[str]
     ping_count: int
     ping_interval: float
-    ping_rounds: int = 0  # interleaved ping rounds per run
+    ping_rounds: int  # interleaved ping rounds per run
 
 
 @contextmanager
@@ -291,10 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         udp_rates=(args.udp_rates or ("100M" if args.quick else "100M,500M")).split(","),
         ping_count=30 if args.quick else 200,
         ping_interval=0.01,
-        ping_rounds=1 if args.quick else 4,
+        ping_rounds=(1 if args.quick else 4) if args.ping_rounds is None else args.ping_rounds,
     )
-    if args.ping_rounds is not None:
-        s = dataclasses.replace(s, ping_rounds=args.ping_rounds)
     tb.install_signal_handlers()
     tb.sweep_stale(NS_PREFIX)  # leftovers of a benchmark that was SIGKILLed
     cases = plan_cases(args.impl)
