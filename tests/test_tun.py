@@ -490,3 +490,41 @@ def test_netlink_veth_between_namespaces(netns: str) -> None:
         assert netlink.wait_for_deletion("vb", timeout=3.0, netns=other)
     finally:
         netlink.netns_remove(other)
+
+
+@linux
+def test_fast_path_drops_tun_reads_that_claim_offloads(netns: str) -> None:
+    """No TUNSETOFFLOAD is done, so a read with a partial checksum cannot be a packet we may
+    seal as it is: the fast path drops and counts it. Here the offload is forced on to see it
+    (a packet without it, the control, reaches the route lookup: no peer, so "no_route")."""
+    import fcntl
+
+    from tun import netlink
+    from tun.linux import LinuxTun
+    from wgpy.device import Device
+    from wgpy.io.fastpath import FastPath
+    from wgpy.io.udp import UdpBind
+
+    with netlink.in_netns(netns):
+        tun = LinuxTun("wgt3", mtu=1420, vnet_hdr=True)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dev = Device(wall_time_ns=lambda: 0)
+    fast = FastPath(dev, tun, UdpBind(), clock=lambda: 1.0, hand_over=None)
+    try:
+        tun.up()
+        netlink.add_address("wgt3", "10.99.3.1/24", netns=netns)
+        sock.bind(("10.99.3.1", 0))
+
+        def send_and_read() -> None:
+            sock.sendto(b"x" * 200, ("10.99.3.2", 9999))
+            assert _readable(tun.fileno(), 3.0)
+            assert fast.on_tun() is None
+
+        send_and_read()
+        assert dev.drops["no_route"] >= 1 and dev.drops["malformed_outbound"] == 0
+        fcntl.ioctl(tun.fileno(), 0x400454D0, 0x01)  # TUNSETOFFLOAD: TUN_F_CSUM
+        send_and_read()
+        assert dev.drops["malformed_outbound"] == 1
+    finally:
+        sock.close()
+        tun.close()
