@@ -11,8 +11,10 @@ the tests start inherits (daemons that detach included). At the end it looks for
   creator's PID; one whose creator is a live process of another run (a second developer's
   suite on the same machine) is not ours and is left alone.
 
-Whatever it finds it removes (processes by PID, SIGTERM then SIGKILL; namespaces and links
-with ``ip``), prints, and the run's exit status becomes 1 even if every test passed.
+It looks after each test module too (its module-scoped fixtures are gone by then), so that a
+leak is named with the module that made it. Whatever it finds it removes (processes by PID,
+SIGTERM then SIGKILL; namespaces and links with ``ip``), prints at the end of the run, and the
+run's exit status becomes 1 even if every test passed.
 """
 
 from __future__ import annotations
@@ -135,17 +137,31 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     del session
     run_id = secrets.token_hex(6)
     os.environ[ENV] = run_id
-    _state.update(run_id=run_id, ns=namespaces(), links=links())
+    _state.update(run_id=run_id, ns=namespaces(), links=links(), found=[])
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if "run_id" not in _state:
-        return
+def _check(where: str) -> None:
+    found: list[str] = _state["found"]  # type: ignore[assignment]
     report = find_leftovers(
         str(_state["run_id"]),
         _state["ns"],  # type: ignore[arg-type]
         _state["links"],  # type: ignore[arg-type]
     )
+    found.extend(f"{r} (after {where})" for r in report)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):  # type: ignore[no-untyped-def]
+    yield
+    if "run_id" in _state and (nextitem is None or nextitem.path != item.path):
+        _check(item.nodeid.split("::", 1)[0])  # its module's fixtures are torn down now
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if "run_id" not in _state:
+        return
+    _check("the session")
+    report: list[str] = _state["found"]  # type: ignore[assignment]
     if not report:
         return
     tr = session.config.pluginmanager.get_plugin("terminalreporter")

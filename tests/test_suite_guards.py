@@ -79,7 +79,8 @@ def test_a_leaked_process_fails_a_passing_run_and_is_stopped(tmp_path: Path) -> 
     pid = int((tmp_path / "pid").read_text())
     assert "1 passed" in r.stdout
     assert r.returncode == 1, r.stdout
-    assert "LEFTOVERS" in r.stdout and f"process {pid}: sleep 300" in r.stdout
+    assert "LEFTOVERS" in r.stdout
+    assert f"process {pid}: sleep 300 (after test_leak.py)" in r.stdout
     stat = Path(f"/proc/{pid}/stat")
     assert not stat.exists() or ") Z" in stat.read_text()  # stopped (maybe not yet reaped)
 
