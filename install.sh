@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(python3 python3-venv python3-dev gcc iproute2 iputils-ping util-linux wireguard-go wireguard-tools iperf3 tcpdump procps kmod nftables)
+pkgs=(python3 python3-venv python3-dev gcc iproute2 iputils-ping util-linux wireguard-go wireguard-tools iperf3 tcpdump tshark procps kmod nftables)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
