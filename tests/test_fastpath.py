@@ -46,11 +46,24 @@ class Side:
     peer: Peer  # the other side, as this side's peer
 
     def drain(self, sock: socket.socket | None = None) -> None:
-        """Let the fast path take everything queued on the UDP socket."""
+        """Let the fast path take everything queued on the UDP socket; after each read, work
+        on the handshake backlog as the event loop does (its timer step)."""
         s = sock or self.bind.v4
         assert s is not None
         while select.select([s], [], [], 0.05)[0]:
             self.fast.on_udp(s)
+            self.loop_step()
+
+    def loop_step(self) -> None:
+        """What DeviceRunner.run does after the events of a wake-up: the due timers (the
+        handshake backlog among them), then the Device's output."""
+        now = self.fast.clock()
+        deadline = self.dev.get_timer()
+        if deadline is not None and now >= deadline:
+            self.dev.handle_timer(now=now)
+        for p in self.dev.tun_packets_to_write():
+            self.tun.write(p)
+        self.fast.send_device_output()
 
 
 @pytest.fixture

@@ -104,15 +104,15 @@ def test_an_exception_escaping_the_fast_path_switches_it_off() -> None:
             deadline = time.monotonic() + 10
             while not cond():
                 assert time.monotonic() < deadline, runner.io_counters()
-                sender.sendto(b"\x09junk", ("127.0.0.1", port))  # no such message type
+                sender.sendto(b"\x04\x00\x00\x00junk", ("127.0.0.1", port))  # too short
                 time.sleep(0.02)
 
         poll(lambda: runner.fast is None)
         counters = runner.io_counters()
         assert counters["fastpath_off"] == 1 and counters["internal_errors"] >= 1
         assert "RuntimeError: injected" in runner.fast_off_reason
-        before = runner.device.drops["unknown_type"]
-        poll(lambda: runner.device.drops["unknown_type"] > before)  # the ordinary path reads
+        before = runner.device.drops["malformed"]
+        poll(lambda: runner.device.drops["malformed"] > before)  # the ordinary path reads
         assert thread.is_alive()
     finally:
         sender.close()

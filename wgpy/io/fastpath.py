@@ -37,7 +37,10 @@ where it would otherwise wait for the waker's bookkeeping and its return to epol
 or two per wake-up; the idle round trip gains tens of µs on 2 vCPUs (docs/benchmarks.md).
 
 Timers, endpoint and byte counters are updated once per batch and peer through
-``Device.sent_batch`` / ``Device.received_batch``. Anything else — handshake messages, a first
+``Device.sent_batch`` / ``Device.received_batch``. Handshake messages only go into the Device's
+backlog (``Device.queue_handshake``: a type and size check, no crypto); the event loop works on
+them after the data, within a budget (``Device.process_handshakes``, via ``get_timer``), so a
+handshake flood cannot starve the data read in the same wake-up. Anything else — a first
 packet on a ``next`` session, no or ageing session, staged packets — goes to the ordinary
 ``Device`` methods, whose outputs are sent before the fast path carries on, so per-peer order
 is kept. Nonces come from ``kp.send_counter`` in read order; the replay window is the Device's.
@@ -379,6 +382,7 @@ class FastPath:
         held = False  # gro holds segments of this read
         unpack_from = _HEADER.unpack_from
         lookup = dev.allowed_ips.lookup
+        queue = dev.queue_handshake
         pending = self._pending_rx  # peer -> [bytes, data packets, last source]
         # the receiver index, peer and keypair of the previous datagram
         last_receiver = -1
@@ -404,9 +408,12 @@ class FastPath:
                         seg = int.from_bytes(data, sys.byteorder) or total
             for start in range(0, total, seg):
                 end = start + seg if start + seg < total else total
-                if end - start < _KEEPALIVE or buf[start] != _TRANSPORT:
+                if buf[start] != _TRANSPORT:  # a handshake message waits in the backlog,
+                    queue(bytes(view[start:end]), addr, now=now)  # after the data (Device)
+                    continue
+                if end - start < _KEEPALIVE:
                     self._slow_datagram(now, view[start:end], addr)
-                    last_receiver = -1  # a handshake may have changed the index table
+                    last_receiver = -1
                     continue
                 try:
                     _t, receiver, counter = unpack_from(buf, start)

@@ -1,8 +1,10 @@
 """The device event loop: drives the sans-IO ``Device`` with a UDP bind, a TUN and the UAPI.
 
 One thread, one epoll loop (:class:`Poller`): TUN readable → ``receive_tun_packet`` for every
-packet queued; UDP readable → ``receive_datagram`` for every datagram queued; UAPI → get/set;
-then the outputs are flushed and one timer is re-armed at ``device.get_timer()``. Unless
+packet queued; UDP readable → ``receive_datagram`` for every transport datagram queued and
+``queue_handshake`` for every handshake message (the Device's bounded backlog, worked on in the
+timer step within a budget, after the data); UAPI → get/set; then the outputs are flushed and
+one timer is re-armed at ``device.get_timer()``. Unless
 ``fast_path=False`` (or ``WGPY_FASTPATH=0``), TUN and UDP reads go through
 :class:`~wgpy.io.fastpath.FastPath`: batched, into preallocated buffers, UDP GSO/GRO, handing
 the CPU over after the first send of a wake-up (``WGPY_HAND_OVER=0`` turns that off). Once a
@@ -192,6 +194,7 @@ class DeviceRunner:
         assert isinstance(sock, socket.socket)
         recvfrom = sock.recvfrom
         receive = self.device.receive_datagram
+        queue = self.device.queue_handshake  # worked on after the data, within a budget
         now = self.clock()
         for _ in range(BATCH):
             try:
@@ -200,7 +203,10 @@ class DeviceRunner:
                 break
             except OSError:
                 break  # ICMP errors reported on the socket: nothing to do
-            receive(data, (addr[0], addr[1]), now=now)
+            if data[:1] == b"\x04":
+                receive(data, (addr[0], addr[1]), now=now)
+            else:
+                queue(data, (addr[0], addr[1]), now=now)
 
     # --- output ------------------------------------------------------------------------------
 

@@ -1,0 +1,132 @@
+"""The handshake backlog: a bounded queue of handshake messages and a budget for working on it.
+
+Everything runs in one thread, so every microsecond spent on a handshake message is one the
+data path does not get. wireguard-go keeps handshakes off its data path with a bounded queue
+(1024) served by its own goroutines, drops what does not fit before any crypto, and calls the
+device "under load" once the queue holds 1/8 of its capacity (``device/receive.go``); the
+kernel does the same with 4096. This is that queue for a single thread:
+
+* :meth:`HandshakeBacklog.push` costs one length check and an append. Messages of a known
+  handshake type and exact size wait here; when the backlog is full they are dropped before
+  mac1 is even looked at (the caller counts the drop).
+* :meth:`HandshakeBacklog.take` hands out at most ``limit`` messages per call (per wake-up of
+  the event loop) and at most ``per_second`` on average (a token bucket with a burst of
+  ``burst``), so that a flood costs a bounded share of the thread however fast it comes.
+  Transport data never waits here: the data read in the same wake-up is handled first.
+* :attr:`HandshakeBacklog.depth` is what "under load" follows, as in wireguard-go: a backlog
+  of ``under_load_depth`` or more means the thread cannot keep up, so cookies are demanded.
+
+Messages whose mac2 field is not all zeros wait in a second queue that is served first: an
+initiator that already holds our cookie comes back with mac2, and that retry must not queue
+behind a flood of first contacts (which carry zeros there). Setting random bytes there gains an
+attacker nothing: those messages are checked for mac2 first and answered with a cookie reply at
+best, within the same budget. Sans-IO: time comes in as ``now``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from wgpy.peer import Endpoint
+
+__all__ = ["HandshakeBacklog"]
+
+_ZERO_MAC = bytes(16)
+
+
+class HandshakeBacklog:
+    """Bounded FIFO of ``(message, source)`` pairs with a per-call and per-second budget."""
+
+    __slots__ = (
+        "_first",
+        "_last",
+        "_retries",
+        "_tokens",
+        "burst",
+        "capacity",
+        "limit",
+        "per_second",
+        "under_load_depth",
+    )
+
+    def __init__(
+        self,
+        *,
+        capacity: int,
+        limit: int,
+        per_second: float,
+        burst: float | None = None,
+        under_load_depth: int | None = None,
+    ) -> None:
+        if capacity < 1 or limit < 1 or per_second <= 0:
+            raise ValueError("capacity, limit and per_second must be positive")
+        self.capacity = capacity
+        self.limit = limit
+        self.per_second = per_second
+        self.burst = float(burst if burst is not None else max(limit, per_second / 10))
+        self.under_load_depth = under_load_depth or max(1, capacity // 8)
+        self._first: deque[tuple[bytes, Endpoint]] = deque()  # mac2 field all zeros
+        self._retries: deque[tuple[bytes, Endpoint]] = deque()  # a mac2 is there: first
+        self._tokens = self.burst
+        self._last: float | None = None
+
+    @property
+    def depth(self) -> int:
+        """Messages waiting."""
+        return len(self._first) + len(self._retries)
+
+    def __len__(self) -> int:
+        return self.depth
+
+    def push(self, data: bytes, addr: Endpoint, *, first: bool, now: float) -> bool:
+        """Queue one message; False (the caller drops and counts it) when the backlog is full.
+
+        ``first``: a first contact (an initiation or response whose mac2 field is all zeros),
+        served after the others.
+        """
+        if len(self._first) + len(self._retries) >= self.capacity:
+            return False
+        if self._last is None:
+            self._last = now
+        (self._first if first else self._retries).append((data, addr))
+        return True
+
+    def _refill(self, now: float) -> float:
+        last = self._last
+        if last is None or now < last:  # first use, or a clock that stepped back
+            self._last = now
+            return self._tokens
+        self._tokens = min(self.burst, self._tokens + (now - last) * self.per_second)
+        self._last = now
+        return self._tokens
+
+    def take(self, *, now: float) -> list[tuple[bytes, Endpoint]]:
+        """The messages to work on now: at most ``limit`` and what the per-second budget
+        allows, retries (a mac2 present) first, each queue oldest first."""
+        if not self._first and not self._retries:
+            return []
+        n = min(self.limit, int(self._refill(now)), self.depth)
+        if n <= 0:
+            return []
+        self._tokens -= n
+        out: list[tuple[bytes, Endpoint]] = []
+        for q in (self._retries, self._first):
+            while q and len(out) < n:
+                out.append(q.popleft())
+        return out
+
+    def ready_at(self) -> float | None:
+        """When :meth:`take` will return something (a time already past if it can at once),
+        None when nothing waits."""
+        if (not self._first and not self._retries) or self._last is None:
+            return None
+        return self._last + max(0.0, 1.0 - self._tokens) / self.per_second
+
+    def clear(self) -> None:
+        self._first.clear()
+        self._retries.clear()
+
+
+def is_first_contact(data: bytes) -> bool:
+    """An initiation or response whose mac2 (its last 16 bytes) is all zeros."""
+    return data[0] != 3 and data[-16:] == _ZERO_MAC
