@@ -392,6 +392,10 @@ class Device:
         if not kp.replay.validate(counter):
             self._drop("replayed")
             return
+        # roaming first: packets staged while the session waited for confirmation go to
+        # where the confirming packet came from (wireguard-go receive.go: SetEndpointFromPacket
+        # before SendStagedPackets)
+        peer.endpoint = addr
         if kp is peer.next:
             self._free_keypair(peer.previous)
             peer.previous = peer.current
@@ -400,7 +404,6 @@ class Device:
             self.handshakes_completed += 1
             peer.timers_handshake_complete(wall_ns=self.wall_time_ns())
             self._flush_staged(peer, now=now)
-        peer.endpoint = addr
         peer.rx_bytes += len(data)
         peer.timers_any_authenticated_packet_traversal(now=now)
         peer.timers_any_authenticated_packet_received(now=now)
