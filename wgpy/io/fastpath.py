@@ -106,7 +106,7 @@ class FastPath:
     """Batched data plane for one ``Device``, its TUN and its UDP bind.
 
     ``send_errors`` / ``tun_write_errors`` count datagrams and packets the OS refused (dropped,
-    as the ordinary path does). ``gso`` turns off by itself when the kernel refuses a GSO send.
+    as the ordinary path does). ``gso`` turns off by itself when a GSO send fails with EIO.
     """
 
     def __init__(
@@ -125,6 +125,7 @@ class FastPath:
         self.clock = clock
         self.hand_over = hand_over
         self.gso = True
+        self.gso_refused = 0  # GSO sends the kernel refused (each sent one by one instead)
         self.send_errors = 0
         self.tun_write_errors = 0
         self.tun_error: str | None = None  # set when a TUN read inside on_udp failed
@@ -180,10 +181,18 @@ class FastPath:
                     sock.sendto(data[off : off + seg], addr)
         except OSError as e:
             if n > 1 and self.gso and e.errno in (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP):
-                # no checksum offload on the route (wireguard-go: EIO ⇒ disable GSO): retry
-                self.gso = False
-                self._run_n, self._run_addr = n, addr
-                self._send_run()
+                # The kernel refused the GSO send: this run goes datagram by datagram.
+                # Only EIO (no checksum offload on the route) turns GSO off for good, as in
+                # wireguard-go; EINVAL or EOPNOTSUPP can come from a passing state (a smaller
+                # path MTU, a route change) and must not cost GSO for the process lifetime.
+                self.gso_refused += 1
+                if e.errno == errno.EIO:
+                    self.gso = False
+                for off in range(0, len(data), seg):
+                    try:
+                        sock.sendto(data[off : off + seg], addr)
+                    except OSError:
+                        self.send_errors += 1
                 return
             self.send_errors += n
 
