@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tun.base import TunDevice
+from tun.base import TunDevice, TunError
 from wgpy import configure, uapi
 from wgpy.device import Device
 from wgpy.io.fastpath import FastPath, disable_gro, enable_gro
@@ -242,7 +242,18 @@ class DeviceRunner:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda s, _f: self.stop(f"signal {signal.Signals(s).name}"))
 
+    def sync_mtu(self) -> None:
+        """Pad to the TUN's live MTU, as wireguard-go does: ``ip link set mtu`` (wg-quick
+        does it right after start) changes it under us. Read at start and once a second."""
+        try:
+            mtu = self.tun.mtu
+        except (OSError, ValueError, TunError):
+            return
+        if 0 < mtu != self.device.mtu:
+            self.device.mtu = mtu
+
     def _housekeeping(self) -> None:
+        self.sync_mtu()
         if self.uapi is not None and not self.uapi.still_ours():
             self.stop("UAPI socket file removed")
         if self._link_alive is not None and not self._link_alive():
@@ -253,6 +264,7 @@ class DeviceRunner:
         if not self.bind.sockets():
             self.bind_port(self.device.listen_port)
             self.device.listen_port = self.bind.port
+        self.sync_mtu()
         next_check = self.clock() + HOUSEKEEPING
         get_timer = self.device.get_timer
         poll = self.sel.epoll.poll
