@@ -27,6 +27,11 @@ __all__ = ["sides"]  # the fixture, shared with test_fastpath
 SRC = ("192.0.2.7", 40000)
 
 
+def src(i: int) -> tuple[str, int]:
+    """Source ``i`` of a flood from many addresses."""
+    return (f"10.1.{i // 250}.{i % 250 + 1}", 40000)
+
+
 def junk_initiation(responder_public: bytes, *, mac2: bool = False) -> bytes:
     """An initiation with random contents and a valid mac1: passes the mac1 check, fails
     the handshake itself (anyone who knows the public key can make these)."""
@@ -65,8 +70,8 @@ def test_the_device_works_on_at_most_a_budget_per_call() -> None:
     dev = responder()
     pub = dev.public_key
     assert pub is not None
-    for _ in range(300):
-        dev.queue_handshake(junk_initiation(pub), SRC, now=0.0)
+    for i in range(300):
+        dev.queue_handshake(junk_initiation(pub), src(i), now=0.0)
     assert dev.backlog.depth == 300
     assert dev.drops["invalid_mac1"] == 0 and sum(dev.drops.values()) == 0  # no crypto yet
     dev.process_handshakes(now=0.0)
@@ -110,8 +115,8 @@ def test_a_deep_backlog_puts_the_device_under_load() -> None:
     dev.process_handshakes(now=0.0)
     assert dev.drops["cookie_reply_sent"] == 0  # short backlog: the handshake was tried
     assert sum(dev.drops.values()) == 1
-    for _ in range(UNDER_LOAD_BACKLOG):
-        dev.queue_handshake(junk_initiation(pub), SRC, now=1.0)
+    for i in range(UNDER_LOAD_BACKLOG):
+        dev.queue_handshake(junk_initiation(pub), src(i), now=1.0)
     dev.process_handshakes(now=1.0)
     assert dev.drops["cookie_reply_sent"] == dev.backlog.limit
     dev.backlog.clear()
@@ -163,6 +168,27 @@ def test_junk_interleaved_with_data_every_packet_delivered(
         tap.close()
     drops = b.dev.drops
     assert sum(drops.values()) == junk_count, drops
-    assert drops["cookie_reply_sent"] > junk_count // 2
+    # one source: a few cookie replies, the rest rate-limited (cheaper than a reply)
+    assert drops["cookie_reply_sent"] + drops["cookie_reply_rate_limited"] > junk_count // 2
+    assert drops["cookie_reply_sent"] > 0
     assert 0 < len(replies) <= drops["cookie_reply_sent"]  # the rest overflowed our socket
     assert all(r[0] == messages.MESSAGE_COOKIE_REPLY for r in replies)
+
+
+def test_cookie_replies_are_rate_limited_per_source() -> None:
+    """Under load, one source gets at most 5 cookie replies at once (then 20/s); others
+    are not affected, and a message without mac2 is not checked for one."""
+    dev = responder()
+    dev.under_load_rate = 0  # under load from the first message
+    pub = dev.public_key
+    assert pub is not None
+    for _ in range(20):
+        dev.queue_handshake(junk_initiation(pub), SRC, now=0.0)
+    dev.queue_handshake(junk_initiation(pub), src(1), now=0.0)
+    dev.process_handshakes(now=0.0)
+    assert dev.drops["cookie_reply_sent"] == 5 + 1
+    assert dev.drops["cookie_reply_rate_limited"] == 15
+    assert [a for _, a in dev.datagrams_to_send()] == [SRC] * 5 + [src(1)]
+    dev.queue_handshake(junk_initiation(pub), SRC, now=0.05)  # 50 ms: one more token
+    dev.process_handshakes(now=0.05)
+    assert dev.drops["cookie_reply_sent"] == 7

@@ -112,6 +112,7 @@ class Device:
         # u32 index -> (peer, keypair); keypair None = the peer's pending handshake
         self.index_table: dict[int, tuple[Peer, Keypair | None]] = {}
         self.rate_limiter = RateLimiter()
+        self.cookie_limiter = RateLimiter()  # cookie replies per source, under load
         self.backlog = HandshakeBacklog(
             capacity=max_queued_handshakes,
             limit=handshakes_per_wakeup,
