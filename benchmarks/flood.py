@@ -14,6 +14,8 @@ a veth of its own to B and ``--sources`` addresses on it. Then, in that testbed:
    silence; its figure is the time from its first initiation to B's response.
    B's CPU (share of one core over the iperf3 window) and peak RSS are sampled meanwhile.
 
+``rcvbuf_drops`` counts what B's kernel dropped because the device's socket was full (junk
+and data alike: what a device cannot read in time costs the tunnel its data too).
 Every figure of a rate is paired with the baseline of the same testbed (``tcp_ratio``), and
 the implementations take turns within a run, so ratios between them pair figures taken
 minutes apart at most. Writes ``flood-STAMP.json`` and ``.md`` to ``benchmarks/results/``.
@@ -202,6 +204,16 @@ def _result(proc: Any, timeout: float) -> dict[str, float]:
     return res
 
 
+def udp_rcvbuf_errors(ns: tb.Namespace) -> int:
+    """Datagrams the kernel dropped in ``ns`` because a socket's receive buffer was full
+    (``/proc/net/snmp`` Udp RcvbufErrors): data lost before the device could read it."""
+    lines = [ln.split() for ln in ns.run(["cat", "/proc/net/snmp"]).stdout.splitlines()]
+    udp = [ln for ln in lines if ln and ln[0] == "Udp:"]
+    if len(udp) < 2 or "RcvbufErrors" not in udp[0]:
+        return 0
+    return int(udp[1][udp[0].index("RcvbufErrors")])
+
+
 def measure_impl(
     argv: list[str], rates: list[float], seconds: float, sources: int
 ) -> dict[str, float]:
@@ -241,6 +253,7 @@ def measure_impl(
                     pr = _write_params(
                         d, f"probe-{tag}", {**common, "key": key.hex(), "source": PROBE_ADDR}
                     )
+                    lost0 = udp_rcvbuf_errors(p.ns_b)
                     with RssSampler(pids_b) as rss:
                         flooder = _child(f, "flood", fl)
                         try:
@@ -259,6 +272,7 @@ def measure_impl(
                             out[f"handshake_s_{tag}"] = hs["seconds"]
                         finally:
                             fres = _result(flooder, WARMUP + seconds + FLOOD_EXTRA + 60)
+                    out[f"rcvbuf_drops_{tag}"] = udp_rcvbuf_errors(p.ns_b) - lost0
                     out[f"flood_rate_{tag}"] = fres["sent"] / fres["seconds"]
                     out[f"rss_kib_{tag}"] = sum(rss.peak.values())
                     out[f"tcp_ratio_{tag}"] = out[f"tcp_mbps_{tag}"] / max(base["mbps"], 1e-9)

@@ -97,12 +97,15 @@ def test_a_full_backlog_drops_before_mac1_and_counts() -> None:
     dev.set_private_key(crypto.generate_private_key(), now=0.0)
     pub = dev.public_key
     assert pub is not None
-    for _ in range(20):
-        dev.queue_handshake(junk_initiation(pub), SRC, now=0.0)
     dev.queue_handshake(b"\x01\x00\x00\x00" + bytes(100), SRC, now=0.0)  # wrong size
     dev.queue_handshake(b"\x07\x00\x00\x00" + bytes(144), SRC, now=0.0)  # unknown type
+    for _ in range(20):
+        dev.queue_handshake(memoryview(junk_initiation(pub)), SRC, now=0.0)
+    dev.queue_handshake(b"\x07", SRC, now=0.0)  # a full backlog is checked first
     assert dev.backlog.depth == 16
-    assert dev.drops == {"handshake_backlog_full": 4, "malformed": 1, "unknown_type": 1}
+    assert dev.drops == {"handshake_backlog_full": 5, "malformed": 1, "unknown_type": 1}
+    data, _ = dev.backlog.take(now=0.0)[0]
+    assert type(data) is bytes  # the caller's buffer was copied
 
 
 def test_a_deep_backlog_puts_the_device_under_load() -> None:

@@ -342,18 +342,25 @@ class Device:
         self.queue_handshake(data, addr, now=now)
         self.process_handshakes(now=now)
 
-    def queue_handshake(self, data: bytes, addr: Endpoint, *, now: float) -> None:
+    def queue_handshake(self, data: bytes | memoryview, addr: Endpoint, *, now: float) -> None:
         """Put a handshake message in the backlog after the cheapest checks there are, type
-        and exact size; drop and count it if they fail or the backlog is full. Nothing else
-        happens until :meth:`process_handshakes` (which ``handle_timer`` calls when
-        ``get_timer`` says so). Never raises on remote input."""
+        and exact size; drop and count it if they fail or the backlog is full (checked
+        first: under a flood it is, and nothing is copied then). Nothing else happens until
+        :meth:`process_handshakes` (which ``handle_timer`` calls when ``get_timer`` says so).
+        ``data`` may be a view of the caller's buffer: it is copied when queued. Never
+        raises on remote input."""
+        backlog = self.backlog
+        if backlog.depth >= backlog.capacity:
+            self.drops["handshake_backlog_full"] += 1
+            return
         size = _HANDSHAKE_SIZES.get(messages.message_type(data))
         if size is None:
             self._drop("unknown_type")
         elif len(data) != size:
             self._drop("malformed")
-        elif not self.backlog.push(data, addr, first=is_first_contact(data), now=now):
-            self._drop("handshake_backlog_full")
+        else:
+            message = bytes(data)
+            backlog.push(message, addr, first=is_first_contact(message), now=now)
 
     def process_handshakes(self, *, now: float) -> None:
         """Work on queued handshake messages, as many as the budget allows (per call and per

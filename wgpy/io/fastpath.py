@@ -418,7 +418,7 @@ class FastPath:
             for start in range(0, total, seg):
                 end = start + seg if start + seg < total else total
                 if buf[start] != _TRANSPORT:  # a handshake message waits in the backlog,
-                    queue(bytes(view[start:end]), addr, now=now)  # after the data (Device)
+                    queue(view[start:end], addr, now=now)  # after the data (Device)
                     continue
                 if end - start < _KEEPALIVE:
                     self._slow_datagram(now, view[start:end], addr)
