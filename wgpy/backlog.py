@@ -6,7 +6,7 @@ data path does not get. wireguard-go keeps handshakes off its data path with a b
 device "under load" once the queue holds 1/8 of its capacity (``device/receive.go``); the
 kernel does the same with 4096. This is that queue for a single thread:
 
-* :meth:`HandshakeBacklog.push` costs one length check and an append. Messages of a known
+* :meth:`HandshakeBacklog.push` costs a few length checks and an append. Messages of a known
   handshake type and exact size wait here; when the backlog is full they are dropped before
   mac1 is even looked at (the caller counts the drop).
 * :meth:`HandshakeBacklog.take` hands out at most ``limit`` messages per call (per wake-up of
@@ -16,11 +16,17 @@ kernel does the same with 4096. This is that queue for a single thread:
 * :attr:`HandshakeBacklog.depth` is what "under load" follows, as in wireguard-go: a backlog
   of ``under_load_depth`` or more means the thread cannot keep up, so cookies are demanded.
 
-Messages whose mac2 field is not all zeros wait in a second queue that is served first: an
-initiator that already holds our cookie comes back with mac2, and that retry must not queue
-behind a flood of first contacts (which carry zeros there). Setting random bytes there gains an
-attacker nothing: those messages are checked for mac2 first and answered with a cookie reply at
-best, within the same budget. Sans-IO: time comes in as ``now``.
+Within the backlog, sources take turns: each source address has a short queue of its own
+(``per_source``) and :meth:`HandshakeBacklog.take` serves the sources round robin. A flood from
+a few hundred addresses then fills only their own queues, and a legitimate initiator from
+another address waits one round (milliseconds), not behind a thousand messages; drops hit the
+sources that send too much. Messages whose mac2 field is not all zeros wait in a second such
+queue that is served first: an initiator that holds our cookie comes back with mac2, and that
+retry must not queue behind a flood of first contacts (which carry zeros there). Setting random
+bytes there gains an attacker nothing: those messages are checked for mac2 and answered with a
+cookie reply at best, within the same budget. Sources are keyed by address without the port
+(an attacker picks ports freely); an IPv6 attacker with a /64 has many addresses, and then this
+degrades to a shared FIFO, still bounded. Sans-IO: time comes in as ``now``.
 """
 
 from __future__ import annotations
@@ -34,8 +40,54 @@ __all__ = ["HandshakeBacklog"]
 _ZERO_MAC = bytes(16)
 
 
+class _FairQueue:
+    """Per-source FIFOs served round robin; at most ``capacity`` items, ``per_source`` each."""
+
+    __slots__ = ("by_source", "capacity", "order", "per_source", "size")
+
+    def __init__(self, capacity: int, per_source: int) -> None:
+        self.capacity = capacity
+        self.per_source = per_source
+        self.by_source: dict[str, deque[tuple[bytes, Endpoint]]] = {}
+        self.order: deque[str] = deque()  # sources with messages waiting, next first
+        self.size = 0
+
+    def push(self, item: tuple[bytes, Endpoint]) -> bool:
+        if self.size >= self.capacity:
+            return False
+        source = item[1][0]
+        q = self.by_source.get(source)
+        if q is None:
+            q = self.by_source[source] = deque()
+            self.order.append(source)
+        elif len(q) >= self.per_source:
+            return False
+        q.append(item)
+        self.size += 1
+        return True
+
+    def pop(self) -> tuple[bytes, Endpoint]:
+        source = self.order.popleft()
+        q = self.by_source[source]
+        item = q.popleft()
+        self.size -= 1
+        if q:
+            self.order.append(source)
+        else:
+            del self.by_source[source]
+        return item
+
+    def clear(self) -> None:
+        self.by_source.clear()
+        self.order.clear()
+        self.size = 0
+
+
 class HandshakeBacklog:
-    """Bounded FIFO of ``(message, source)`` pairs with a per-call and per-second budget."""
+    """Bounded queues of ``(message, source)`` pairs with a per-call and per-second budget.
+
+    ``capacity`` bounds each of the two queues (first contacts, and messages with a mac2).
+    """
 
     __slots__ = (
         "_first",
@@ -57,39 +109,42 @@ class HandshakeBacklog:
         per_second: float,
         burst: float | None = None,
         under_load_depth: int | None = None,
+        per_source: int = 8,
     ) -> None:
-        if capacity < 1 or limit < 1 or per_second <= 0:
-            raise ValueError("capacity, limit and per_second must be positive")
+        if capacity < 1 or limit < 1 or per_second <= 0 or per_source < 1:
+            raise ValueError("capacity, limit, per_second and per_source must be positive")
         self.capacity = capacity
         self.limit = limit
         self.per_second = per_second
         self.burst = float(burst if burst is not None else max(limit, per_second / 10))
         self.under_load_depth = under_load_depth or max(1, capacity // 8)
-        self._first: deque[tuple[bytes, Endpoint]] = deque()  # mac2 field all zeros
-        self._retries: deque[tuple[bytes, Endpoint]] = deque()  # a mac2 is there: first
+        self._first = _FairQueue(capacity, per_source)  # mac2 field all zeros
+        self._retries = _FairQueue(capacity, per_source)  # a mac2 is there: served first
         self._tokens = self.burst
         self._last: float | None = None
 
     @property
     def depth(self) -> int:
         """Messages waiting."""
-        return len(self._first) + len(self._retries)
+        return self._first.size + self._retries.size
 
     def __len__(self) -> int:
         return self.depth
 
     def push(self, data: bytes, addr: Endpoint, *, first: bool, now: float) -> bool:
-        """Queue one message; False (the caller drops and counts it) when the backlog is full.
+        """Queue one message; False (the caller drops and counts it) when its queue, or its
+        source's share of it, is full.
 
         ``first``: a first contact (an initiation or response whose mac2 field is all zeros),
         served after the others.
         """
-        if len(self._first) + len(self._retries) >= self.capacity:
-            return False
         if self._last is None:
             self._last = now
-        (self._first if first else self._retries).append((data, addr))
-        return True
+        return (self._first if first else self._retries).push((data, addr))
+
+    def full(self) -> bool:
+        """Both queues are full: whatever comes is dropped (the cheapest check of all)."""
+        return self._first.size >= self.capacity and self._retries.size >= self.capacity
 
     def _refill(self, now: float) -> float:
         last = self._last
@@ -102,8 +157,8 @@ class HandshakeBacklog:
 
     def take(self, *, now: float) -> list[tuple[bytes, Endpoint]]:
         """The messages to work on now: at most ``limit`` and what the per-second budget
-        allows, retries (a mac2 present) first, each queue oldest first."""
-        if not self._first and not self._retries:
+        allows, retries (a mac2 present) first, sources in turn."""
+        if not self._first.size and not self._retries.size:
             return []
         n = min(self.limit, int(self._refill(now)), self.depth)
         if n <= 0:
@@ -111,14 +166,14 @@ class HandshakeBacklog:
         self._tokens -= n
         out: list[tuple[bytes, Endpoint]] = []
         for q in (self._retries, self._first):
-            while q and len(out) < n:
-                out.append(q.popleft())
+            while q.size and len(out) < n:
+                out.append(q.pop())
         return out
 
     def ready_at(self) -> float | None:
         """When :meth:`take` will return something (a time already past if it can at once),
         None when nothing waits."""
-        if (not self._first and not self._retries) or self._last is None:
+        if (not self._first.size and not self._retries.size) or self._last is None:
             return None
         return self._last + max(0.0, 1.0 - self._tokens) / self.per_second
 

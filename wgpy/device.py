@@ -344,13 +344,13 @@ class Device:
 
     def queue_handshake(self, data: bytes | memoryview, addr: Endpoint, *, now: float) -> None:
         """Put a handshake message in the backlog after the cheapest checks there are, type
-        and exact size; drop and count it if they fail or the backlog is full (checked
-        first: under a flood it is, and nothing is copied then). Nothing else happens until
-        :meth:`process_handshakes` (which ``handle_timer`` calls when ``get_timer`` says so).
-        ``data`` may be a view of the caller's buffer: it is copied when queued. Never
-        raises on remote input."""
+        and exact size; drop and count it if they fail or its queue, or its source's share
+        of it, is full (the backlog serves sources in turn: wgpy/backlog.py). Nothing else
+        happens until :meth:`process_handshakes` (which ``handle_timer`` calls when
+        ``get_timer`` says so). ``data`` may be a view of the caller's buffer: it is copied
+        when queued. Never raises on remote input."""
         backlog = self.backlog
-        if backlog.depth >= backlog.capacity:
+        if backlog.full():
             self.drops["handshake_backlog_full"] += 1
             return
         size = _HANDSHAKE_SIZES.get(messages.message_type(data))
@@ -360,7 +360,8 @@ class Device:
             self._drop("malformed")
         else:
             message = bytes(data)
-            backlog.push(message, addr, first=is_first_contact(message), now=now)
+            if not backlog.push(message, addr, first=is_first_contact(message), now=now):
+                self._drop("handshake_backlog_full")
 
     def process_handshakes(self, *, now: float) -> None:
         """Work on queued handshake messages, as many as the budget allows (per call and per
