@@ -52,17 +52,18 @@ class _FairQueue:
         self.order: deque[str] = deque()  # sources with messages waiting, next first
         self.size = 0
 
-    def push(self, item: tuple[bytes, Endpoint]) -> bool:
+    def push(self, data: bytes | memoryview, addr: Endpoint) -> bool:
+        """Queue a copy of ``data`` (the caller's buffer may be reused) unless full."""
         if self.size >= self.capacity:
             return False
-        source = item[1][0]
+        source = addr[0]
         q = self.by_source.get(source)
         if q is None:
             q = self.by_source[source] = deque()
             self.order.append(source)
         elif len(q) >= self.per_source:
             return False
-        q.append(item)
+        q.append((bytes(data), addr))
         self.size += 1
         return True
 
@@ -131,16 +132,16 @@ class HandshakeBacklog:
     def __len__(self) -> int:
         return self.depth
 
-    def push(self, data: bytes, addr: Endpoint, *, first: bool, now: float) -> bool:
-        """Queue one message; False (the caller drops and counts it) when its queue, or its
-        source's share of it, is full.
+    def push(self, data: bytes | memoryview, addr: Endpoint, *, first: bool, now: float) -> bool:
+        """Queue a copy of one message; False (the caller drops and counts it) when its
+        queue, or its source's share of it, is full: then nothing is copied.
 
         ``first``: a first contact (an initiation or response whose mac2 field is all zeros),
         served after the others.
         """
         if self._last is None:
             self._last = now
-        return (self._first if first else self._retries).push((data, addr))
+        return (self._first if first else self._retries).push(data, addr)
 
     def full(self) -> bool:
         """Both queues are full: whatever comes is dropped (the cheapest check of all)."""
@@ -182,6 +183,6 @@ class HandshakeBacklog:
         self._retries.clear()
 
 
-def is_first_contact(data: bytes) -> bool:
+def is_first_contact(data: bytes | memoryview) -> bool:
     """An initiation or response whose mac2 (its last 16 bytes) is all zeros."""
     return data[0] != 3 and data[-16:] == _ZERO_MAC

@@ -358,10 +358,8 @@ class Device:
             self._drop("unknown_type")
         elif len(data) != size:
             self._drop("malformed")
-        else:
-            message = bytes(data)
-            if not backlog.push(message, addr, first=is_first_contact(message), now=now):
-                self._drop("handshake_backlog_full")
+        elif not backlog.push(data, addr, first=is_first_contact(data), now=now):
+            self._drop("handshake_backlog_full")
 
     def process_handshakes(self, *, now: float) -> None:
         """Work on queued handshake messages, as many as the budget allows (per call and per
