@@ -211,3 +211,28 @@ def test_cookie_replies_are_rate_limited_per_source() -> None:
     dev.queue_handshake(junk_initiation(pub), SRC, now=0.05)  # 50 ms: one more token
     dev.process_handshakes(now=0.05)
     assert dev.drops["cookie_reply_sent"] == 7
+
+
+def test_no_hand_over_under_a_handshake_flood(sides: tuple[Side, Side, Clock]) -> None:
+    """The fast path yields the CPU after its first send, except while handshake messages
+    wait: a yield then hands the CPU to the flood's other consumers while the socket fills."""
+    a, b, _clock = sides
+    handshake(a, b)
+    yields: list[int] = []
+    a.fast.hand_over = lambda: yields.append(1)
+    pub = a.dev.public_key
+    assert pub is not None
+    a.dev.queue_handshake(junk_initiation(pub), SRC, now=_clock.now)
+    a.tun.inject(ipv4(A_TUN, B_TUN, b"under pressure"))
+    assert a.fast.on_tun() is None
+    assert yields == []
+    a.loop_step()  # the backlog is worked off (the under-load state never started)
+    assert a.dev.backlog.depth == 0 and not a.dev.handshake_pressure(_clock.now)
+    a.tun.inject(ipv4(A_TUN, B_TUN, b"quiet again"))
+    assert a.fast.on_tun() is None
+    assert yields == [1]
+    b.drain()
+    assert b.tun.take() == [
+        ipv4(A_TUN, B_TUN, b"under pressure"),
+        ipv4(A_TUN, B_TUN, b"quiet again"),
+    ]

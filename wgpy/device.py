@@ -361,6 +361,11 @@ class Device:
         elif not backlog.push(data, addr, first=is_first_contact(data), now=now):
             self._drop("handshake_backlog_full")
 
+    def handshake_pressure(self, now: float) -> bool:
+        """Handshake messages wait in the backlog, or the device is under load: the I/O
+        layer then keeps the CPU (no hand-over) to read on before its socket overflows."""
+        return self.backlog.depth > 0 or now < self._under_load_until
+
     def process_handshakes(self, *, now: float) -> None:
         """Work on queued handshake messages, as many as the budget allows (per call and per
         second). A backlog of ``UNDER_LOAD_BACKLOG`` or more puts the device under load for

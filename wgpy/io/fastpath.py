@@ -35,6 +35,8 @@ path hands the CPU over (``sched_yield``): the kernel wakes a datagram's receive
 local reader of a written packet) with a "sync" hint and often queues it on the waker's CPU,
 where it would otherwise wait for the waker's bookkeeping and its return to epoll. A syscall
 or two per wake-up; the idle round trip gains tens of µs on 2 vCPUs (docs/benchmarks.md).
+Not under a handshake flood (``Device.handshake_pressure``): then every wake-up is busy, and
+each yield hands the CPU to the flood's other consumers while the socket fills (issue 16).
 
 Timers, endpoint and byte counters are updated once per batch and peer through
 ``Device.sent_batch`` / ``Device.received_batch``. Handshake messages only go into the Device's
@@ -334,7 +336,7 @@ class FastPath:
             if first:  # out at once, before reading on: the latency of a lone packet
                 first = False
                 self._send_one(view[off : off + length], endpoint)
-                if self.hand_over is not None:
+                if self.hand_over is not None and not dev.handshake_pressure(now):
                     self.hand_over()  # the woken receiver may be queued on this CPU
                 continue  # its arena space is free again
             if self._run_n:
@@ -495,7 +497,7 @@ class FastPath:
                 if not chained:
                     chained = True
                     written = False
-                    self._answer_first(peer, addr)
+                    self._answer_first(peer, addr, now)
                     totals = None  # committed
                     last_receiver = -1  # sessions may have moved on
         if held:  # the TCP segments of this wake-up go as few writes
@@ -507,17 +509,17 @@ class FastPath:
         if written:
             for p, t in pending.items():
                 p.endpoint = t[2]
-            if not chained and self.hand_over is not None:
+            if not (chained or self.hand_over is None or dev.handshake_pressure(now)):
                 self.hand_over()
             self._tun_answer()
         if pending:
             self._commit_received(now)
 
-    def _answer_first(self, peer: Peer, addr: Endpoint) -> None:
+    def _answer_first(self, peer: Peer, addr: Endpoint, now: float) -> None:
         """After the first TUN write of a wake-up: send what it was answered with before
         reading on (roaming first, so that the answer goes where the packet came from)."""
         peer.endpoint = addr
-        if self.hand_over is not None:
+        if self.hand_over is not None and not self.device.handshake_pressure(now):
             self.hand_over()  # the write may have woken a local reader (ping)
         self._tun_answer()
 
