@@ -143,10 +143,6 @@ class HandshakeBacklog:
             self._last = now
         return (self._first if first else self._retries).push(data, addr)
 
-    def full(self) -> bool:
-        """Both queues are full: whatever comes is dropped (the cheapest check of all)."""
-        return self._first.size >= self.capacity and self._retries.size >= self.capacity
-
     def _refill(self, now: float) -> float:
         last = self._last
         if last is None or now < last:  # first use, or a clock that stepped back

@@ -349,17 +349,15 @@ class Device:
         happens until :meth:`process_handshakes` (which ``handle_timer`` calls when
         ``get_timer`` says so). ``data`` may be a view of the caller's buffer: it is copied
         when queued. Never raises on remote input."""
-        backlog = self.backlog
-        if backlog.full():
-            self.drops["handshake_backlog_full"] += 1
-            return
         size = _HANDSHAKE_SIZES.get(messages.message_type(data))
         if size is None:
             self._drop("unknown_type")
         elif len(data) != size:
             self._drop("malformed")
-        elif not backlog.push(data, addr, first=is_first_contact(data), now=now):
-            self._drop("handshake_backlog_full")
+        else:
+            handshakes.note_arrival(self, now=now)
+            if not self.backlog.push(data, addr, first=is_first_contact(data), now=now):
+                self._drop("handshake_backlog_full")
 
     def handshake_pressure(self, now: float) -> bool:
         """Handshake messages wait in the backlog, or the device is under load: the I/O

@@ -36,14 +36,20 @@ if TYPE_CHECKING:
 _NO_MAC2 = bytes(16)
 
 
-def under_load(dev: Device, *, now: float) -> bool:
-    """Handshake messages above ``under_load_rate`` per second: sticky for 1 s."""
+def note_arrival(dev: Device, *, now: float) -> None:
+    """Count one arriving handshake message (queued or not): above ``under_load_rate`` per
+    second the device is under load, sticky for 1 s. Arrivals, not messages worked on: a
+    flood the backlog drops cheaply (one source over its share) still means load."""
     if now - dev._load_window_start >= 1.0:
         dev._load_window_start = now
         dev._load_count = 0
     dev._load_count += 1
     if dev._load_count > dev.under_load_rate:
         dev._under_load_until = now + UNDER_LOAD_STICKY
+
+
+def under_load(dev: Device, *, now: float) -> bool:
+    """Under load: set by the arrival rate (:func:`note_arrival`) or a deep backlog."""
     return now < dev._under_load_until
 
 
