@@ -236,3 +236,14 @@ def test_no_hand_over_under_a_handshake_flood(sides: tuple[Side, Side, Clock]) -
         ipv4(A_TUN, B_TUN, b"under pressure"),
         ipv4(A_TUN, B_TUN, b"quiet again"),
     ]
+
+
+def test_a_flood_with_random_mac2_does_not_starve_first_contacts() -> None:
+    """Messages carrying a mac2 are served first, but for at most half of a batch while
+    first contacts wait (a flood that fills mac2 with random bytes would starve them)."""
+    b = HandshakeBacklog(capacity=1024, limit=8, per_second=1e6, per_source=8)
+    for i in range(400):
+        assert b.push(b"with mac2", src(i), first=False, now=0.0)
+    assert b.push(b"legit", ("198.51.100.1", 51820), first=True, now=0.0)
+    got = [d for d, _ in b.take(now=0.0)]
+    assert got == [b"with mac2"] * 4 + [b"legit"] + [b"with mac2"] * 3

@@ -21,10 +21,11 @@ Within the backlog, sources take turns: each source address has a short queue of
 a few hundred addresses then fills only their own queues, and a legitimate initiator from
 another address waits one round (milliseconds), not behind a thousand messages; drops hit the
 sources that send too much. Messages whose mac2 field is not all zeros wait in a second such
-queue that is served first: an initiator that holds our cookie comes back with mac2, and that
-retry must not queue behind a flood of first contacts (which carry zeros there). Setting random
-bytes there gains an attacker nothing: those messages are checked for mac2 and answered with a
-cookie reply at best, within the same budget. Sources are keyed by address without the port
+queue that is served first, for up to half of each batch: an initiator that holds our cookie
+comes back with mac2, and that retry must not queue behind a flood of first contacts (which
+carry zeros there); a flood with random bytes there must not starve first contacts either, so
+they always get the other half. Such messages are checked for mac2 and answered with a cookie
+reply at best, within the same budget. Sources are keyed by address without the port
 (an attacker picks ports freely); an IPv6 attacker with a /64 has many addresses, and then this
 degrades to a shared FIFO, still bounded. Sans-IO: time comes in as ``now``.
 """
@@ -154,7 +155,8 @@ class HandshakeBacklog:
 
     def take(self, *, now: float) -> list[tuple[bytes, Endpoint]]:
         """The messages to work on now: at most ``limit`` and what the per-second budget
-        allows, retries (a mac2 present) first, sources in turn."""
+        allows, sources in turn; retries (a mac2 present) first, but for at most half of
+        them while first contacts wait."""
         if not self._first.size and not self._retries.size:
             return []
         n = min(self.limit, int(self._refill(now)), self.depth)
@@ -162,9 +164,16 @@ class HandshakeBacklog:
             return []
         self._tokens -= n
         out: list[tuple[bytes, Endpoint]] = []
-        for q in (self._retries, self._first):
-            while q.size and len(out) < n:
-                out.append(q.pop())
+        # retries first, but at most half while first contacts wait: a flood of messages
+        # with a (random) mac2 must not starve first contacts
+        retries, first = self._retries, self._first
+        half = n - n // 2 if first.size else n
+        while retries.size and len(out) < half:
+            out.append(retries.pop())
+        while first.size and len(out) < n:
+            out.append(first.pop())
+        while retries.size and len(out) < n:
+            out.append(retries.pop())
         return out
 
     def ready_at(self) -> float | None:
