@@ -1,0 +1,286 @@
+"""The container image, built with podman and run for real (marker ``image``; needs root).
+
+The Dockerfile is built unchanged on a local Debian 12 base (``--build-arg BASE``; the upstream
+python image cannot be pulled where CI runs), then ``wgpy-userspace`` runs in it under the
+DaemonSet's securityContext, devices and volumes (read from deploy/daemonset.yaml), in a
+network namespace joined by a veth to wireguard-go in another. From inside the container: a
+ping through the tunnel and 1 MB of TCP whose SHA-256 must match what wireguard-go's side got.
+
+Cost: about 45 s once per machine for the debootstrap base (cached in /var/cache/wgpy), then
+about 50 s per run (import, build with pip from PyPI, run). podman missing or unable to run
+fails the test with the reason; it never skips when run as root.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests import image_support as im
+from tests.support import json_line, needs_root, probe, wait_listening
+from wgpy.testbed import netns, wg
+from wgpy.testbed.proc import wait_for
+
+pytestmark = [pytest.mark.image, needs_root]
+
+ROOT = Path(__file__).resolve().parent.parent
+NETPROBE = (ROOT / "tests" / "netprobe.py").read_text()
+SMOKE = (ROOT / "tests" / "image" / "smoke.py").read_text()
+SIZE_LIMIT = 250_000_000  # bytes, as `podman images` counts them (issue 18's target)
+CAPS = {"NET_ADMIN": 12}  # capability numbers (linux/capability.h)
+VETH_GO, VETH_WGPY = "192.168.243.1/24", "192.168.243.2/24"
+TUN_GO, TUN_WGPY = "10.99.3.1", "10.99.3.2"
+PORT = 51820
+
+
+def daemonset_pod() -> tuple[dict[str, Any], dict[str, Any]]:
+    docs = list(yaml.safe_load_all((ROOT / "deploy" / "daemonset.yaml").read_text()))
+    pod: dict[str, Any] = docs[0]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    return pod, container
+
+
+@pytest.fixture(scope="module")
+def name() -> str:
+    return im.unique_name()
+
+
+@pytest.fixture(scope="module")
+def image(name: str) -> Iterator[str]:
+    im.require_podman()
+    tables = im.nft_tables()
+    t0 = time.monotonic()
+    with im.built_image(name) as ref:
+        print(f"\nimage {ref}: base and build in {time.monotonic() - t0:.0f} s")
+        yield ref
+    assert im.images_named(name) == [], "an image of this run was left behind"
+    new = {t for t in im.nft_tables() - tables if any(k in t for k in ("podman", "netavark",
+                                                                        "cni"))}
+    assert not new, f"container networking left nftables tables behind: {new}"
+
+
+def run_in(image: str, script: str, *args: str) -> str:
+    """``python -c SCRIPT`` in a throwaway container without network; its stdout."""
+    res = im.podman("run", "--rm", "--network=none", "--read-only", "--entrypoint=python",
+                    image, "-c", script, *args, timeout=120)
+    return res.stdout
+
+
+# -- what is in the image -------------------------------------------------------------------------
+
+CONTENTS = """
+import importlib.metadata as md, json, os, platform, shutil, sys, sysconfig
+from pathlib import Path
+purelib = Path(sysconfig.get_path("purelib"))
+k8s = purelib / "kubernetes"
+from kubernetes.aio import client
+used = ["ApiClient", "Configuration", "ApiException", "CoordinationV1Api", "CoreV1Api",
+        "DiscoveryV1Api", "V1Lease"]
+missing = [n for n in used if getattr(client, n, None) is None]
+import wgpy.cli, wgpy.supervisor.election, wgpy.supervisor.k8s, wgpy.supervisor.services
+print(json.dumps({
+    "dists": {d.metadata["Name"].lower().replace("_", "-"): d.version
+              for d in md.distributions()},
+    "compilers": [c for c in ("gcc", "cc", "c++", "ld") if shutil.which(c)],
+    "sync_api_modules": len(list((k8s / "client" / "api").glob("*_api.py"))),
+    "aio_api_modules": len(list((k8s / "aio" / "client" / "api").glob("*_api.py"))),
+    "missing": missing,
+    "markers": {"python_version": platform.python_version().rsplit(".", 1)[0],
+                "python_full_version": platform.python_version(),
+                "sys_platform": sys.platform, "platform_system": platform.system(),
+                "platform_machine": platform.machine(), "os_name": os.name,
+                "implementation_name": sys.implementation.name,
+                "platform_python_implementation": platform.python_implementation()},
+}))
+"""
+
+
+def lock_pins(path: Path, environment: dict[str, str]) -> dict[str, str]:
+    """name -> version of the lock's requirements whose markers hold in ``environment``."""
+    from packaging.requirements import Requirement
+
+    text = re.sub(r"\\\n", " ", path.read_text())
+    pins = {}
+    for raw in text.splitlines():
+        line = re.sub(r"\s--hash=\S+", "", raw.split("#", 1)[0]).strip()
+        if line:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate(environment):
+                (spec,) = req.specifier
+                pins[req.name.lower().replace("_", "-")] = spec.version
+    return pins
+
+
+def test_image_is_small_and_holds_exactly_the_runtime_lock(image: str) -> None:
+    size = int(im.image_config(image)["Size"])
+    breakdown = im.podman("run", "--rm", "--network=none", "--entrypoint=du", image, "-sx",
+                          "/opt/venv", "/usr", "/var", "/etc", timeout=60).stdout
+    print(f"\nimage size {size / 1e6:.0f} MB\n{breakdown}")
+    assert size < SIZE_LIMIT, f"image is {size / 1e6:.0f} MB\n{breakdown}"
+    got = json.loads(run_in(image, CONTENTS))
+    expected = lock_pins(ROOT / "requirements" / "runtime.lock", got["markers"])
+    dists = got["dists"]
+    assert dists.pop("wgpy") == "0.1.0"
+    # Exactly the lock, but for the build backend; no pip, no test extras.
+    for build_tool in ("setuptools", "wheel"):
+        expected.pop(build_tool)
+    assert dists == expected
+    assert got["compilers"] == []
+    # The synchronous client's API modules are gone; the asyncio client wgpy uses is whole.
+    assert got["sync_api_modules"] == 0 and got["aio_api_modules"] > 50
+    assert got["missing"] == []
+
+
+def test_entrypoint_is_the_supervisor_with_the_daemonsets_args(image: str) -> None:
+    _pod, container = daemonset_pod()
+    res = im.podman("run", "--rm", "--network=none", "--read-only", image, *container["args"],
+                    "--help", timeout=60)
+    assert "--http-port" in res.stdout
+    config = im.image_config(image)["Config"]
+    assert config["Entrypoint"] == ["wgpy", "supervisor"]
+
+
+# -- wgpy-userspace under the DaemonSet's settings, against wireguard-go --------------------------
+
+
+@dataclass
+class Running:
+    container: str
+    ns_go: netns.Namespace
+    ns_wgpy: netns.Namespace
+    go: wg.WgInstance
+    go_pub: str
+
+    def exec(self, *argv: str, input: str | None = None,
+             check: bool = True) -> subprocess.CompletedProcess[str]:
+        return im.podman("exec", "-i", self.container, *argv, input=input, timeout=120,
+                         check=check)
+
+
+def _start_container(image: str, name: str, ns: netns.Namespace) -> str:
+    pod, container = daemonset_pod()
+    # What the kubelet does for the pod: its namespaced sysctls, in the pod's network namespace.
+    for s in pod["securityContext"].get("sysctls", []):
+        ns.run(["sysctl", "-q", "-w", f"{s['name']}={s['value']}"])
+    # For the smoke's ping only: ICMP datagram sockets for GID 0 in this namespace, since the
+    # container holds no NET_RAW (wgpy itself never pings).
+    ns.run(["sysctl", "-q", "-w", "net.ipv4.ping_group_range=0 0"])
+    ctr = f"{name}-userspace"
+    im.podman("run", "--detach", f"--name={ctr}", f"--network=ns:/run/netns/{ns.name}",
+              *im.podman_flags(pod, container), "--entrypoint=wgpy-userspace", image,
+              "-f", "wg0", timeout=120)
+    return ctr
+
+
+def _wait_for_socket(ctr: str) -> None:
+    def ready() -> bool:
+        state = json.loads(im.podman("inspect", ctr, timeout=60).stdout)[0]["State"]
+        if not state["Running"]:
+            logs = im.podman("logs", ctr, check=False).stdout
+            raise AssertionError(f"wgpy-userspace exited ({state['ExitCode']}):\n{logs}")
+        res = im.podman("exec", ctr, "test", "-S", "/var/run/wireguard/wg0.sock",
+                        check=False, timeout=60)
+        return res.returncode == 0
+
+    assert wait_for(ready, 60, 0.2), "no UAPI socket in the container after 60 s"
+
+
+def _hex(key: str) -> str:
+    return base64.b64decode(key).hex()
+
+
+@pytest.fixture(scope="module")
+def running(image: str, name: str) -> Iterator[Running]:
+    ctr = None
+    with netns.Namespace() as ns_go, netns.Namespace() as ns_wgpy:
+        link = netns.veth(ns_go, ns_wgpy, VETH_GO, VETH_WGPY)
+        try:
+            ctr = _start_container(image, name, ns_wgpy)
+            _wait_for_socket(ctr)
+            with wg.WgInstance(ns_go, ["wireguard-go"], "wg0") as go:
+                priv_go, priv_wgpy = wg.genkey(), wg.genkey()
+                pub_go, pub_wgpy = wg.pubkey(priv_go), wg.pubkey(priv_wgpy)
+                go.set_conf(priv_go, listen_port=PORT, peers=[
+                    wg.PeerConf(pub_wgpy, f"{link.ip_b}:{PORT}", [f"{TUN_WGPY}/32"])])
+                go.address(f"{TUN_GO}/24")
+                go.up(1420)
+                run = Running(ctr, ns_go, ns_wgpy, go, pub_go)
+                uapi = [f"private_key={_hex(priv_wgpy)}", f"listen_port={PORT}",
+                        f"public_key={_hex(pub_go)}", f"endpoint={link.ip_a}:{PORT}",
+                        f"allowed_ip={TUN_GO}/32"]
+                run.exec("python", "-c", SMOKE, "configure", "wg0", input="\n".join(uapi))
+                ns_wgpy.ip("addr", "add", f"{TUN_WGPY}/24", "dev", "wg0")
+                ns_wgpy.ip("link", "set", "wg0", "mtu", "1420", "up")
+                yield run
+        finally:
+            if ctr is not None:
+                im.podman("rm", "--force", "--time=5", ctr, check=False, timeout=120)
+    assert im.containers_named(name) == [], "a container of this run was left behind"
+
+
+def _status(run: Running) -> dict[str, str]:
+    text = run.exec("cat", "/proc/1/status").stdout
+    return {k: v.strip() for k, _, v in (ln.partition(":") for ln in text.splitlines())}
+
+
+WRITES = """
+import errno, os, sys
+out = []
+for d in sys.argv[1:]:
+    try:
+        with open(os.path.join(d, "probe"), "w") as f:
+            f.write("x")
+        os.unlink(os.path.join(d, "probe"))
+        out.append("ok")
+    except OSError as e:
+        out.append(errno.errorcode[e.errno])
+print(" ".join(out))
+"""
+
+
+def test_wgpy_runs_under_the_daemonsets_security_context(running: Running) -> None:
+    _pod, container = daemonset_pod()
+    sc = container["securityContext"]
+    status = _status(running)
+    assert "wgpy-userspace" in running.exec("cat", "/proc/1/cmdline").stdout
+    assert status["Uid"].split()[:2] == [str(sc["runAsUser"])] * 2
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    allowed = sum(1 << CAPS[c] for c in sc["capabilities"]["add"])
+    for field in ("CapEff", "CapPrm", "CapBnd"):
+        assert int(status[field], 16) == allowed, (field, status[field])
+    assert status["NoNewPrivs"] == "1"  # allowPrivilegeEscalation: false
+    assert status["Seccomp"] == "2"  # a filter: the runtime's default profile
+    # readOnlyRootFilesystem, and the manifest's volumes are the only writable places.
+    mounts = [m["mountPath"] for m in container["volumeMounts"] if m["mountPath"] != "/dev/net/tun"]
+    res = running.exec("python", "-c", WRITES, "/", "/opt/venv", "/var/tmp", *mounts)
+    assert res.stdout.split() == ["EROFS"] * 3 + ["ok"] * len(mounts)
+
+
+def test_ping_and_1mb_tcp_from_inside_the_container(running: Running) -> None:
+    nbytes = 1 << 20
+    pinged = json.loads(running.exec("python", "-c", SMOKE, "ping", TUN_GO, "60").stdout)
+    assert pinged["rtt_ms"] is not None, f"no ping reply through the tunnel: {pinged}"
+    sink = probe(running.ns_go, "tcp-sink", TUN_GO, "5201")
+    try:
+        wait_listening(sink)
+        res = running.exec("python", "-c", NETPROBE, "tcp-source", TUN_GO, "5201", str(nbytes))
+        sent = json.loads(res.stdout.splitlines()[-1])
+        got = json_line(sink, timeout=60)
+    finally:
+        sink.kill()
+        sink.wait()
+    assert got["bytes"] == sent["bytes"] == nbytes
+    assert got["sha256"] == sent["sha256"]
+    peer = running.go.show_dump().peers[0]
+    assert peer.latest_handshake > 0 and peer.rx_bytes > nbytes
+    print(f"\nping {pinged['rtt_ms']:.2f} ms after {pinged['pings']} echo(es); 1 MB TCP intact")
