@@ -42,15 +42,21 @@ RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-co
 # and kubernetes.aio.client; wgpy uses only the second (tests/test_dockerfile.py checks its
 # imports). `import kubernetes` still imports the first, whose package __init__ files load API
 # and model modules lazily, on first attribute access: so the synchronous client's API and
-# model modules (33 MB of source) are removed and their __init__ files kept. Then the venv is
-# byte-compiled, except the remaining generated API and model modules: about 25 MB of .pyc for
-# modules loaded one per API group or model used (the supervisor uses a handful).
-# unchecked-hash: a .pyc is used without comparing source timestamps, which COPY need not keep.
+# model modules (33 MB of source) are removed and their __init__ files kept.
+# Then the venv is byte-compiled, except the asyncio client's generated API and model modules
+# (24 MB of .pyc for modules loaded one per API group or model used), but for the three API
+# groups the supervisor calls: compiling core_v1_api.py (6 MB of source) at start-up alone
+# would more than double its peak memory. tests/test_dockerfile.py checks this list against
+# the APIs wgpy uses. unchecked-hash: a .pyc is used without comparing source timestamps,
+# which COPY need not keep.
 RUN k8s=$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/kubernetes \
     && find "$k8s/client/api" "$k8s/client/models" -name '*.py' ! -name __init__.py -delete \
     && find "$k8s" -name '*_test.py' -delete \
     && /opt/venv/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash \
-        -x '/kubernetes/(aio/)?client/(api|models)/(?!__init__)[^/]+\.py$' /opt/venv/lib
+        -x '/kubernetes/(aio/)?client/(api|models)/(?!__init__)[^/]+\.py$' /opt/venv/lib \
+    && /opt/venv/bin/python -m compileall -q --invalidation-mode unchecked-hash \
+        "$k8s/aio/client/api/coordination_v1_api.py" "$k8s/aio/client/api/core_v1_api.py" \
+        "$k8s/aio/client/api/discovery_v1_api.py"
 
 FROM ${BASE}
 LABEL org.opencontainers.image.title="wgpy" \

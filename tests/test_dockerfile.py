@@ -400,6 +400,19 @@ def test_wgpy_uses_only_the_asyncio_kubernetes_client() -> None:
     assert k8s == {"kubernetes.aio"}, k8s
 
 
+def test_precompiled_kubernetes_apis_are_the_ones_wgpy_calls(dockerfile: Dockerfile) -> None:
+    used = set()
+    for path in (ROOT / "wgpy").rglob("*.py"):
+        used |= set(re.findall(r"\bk8s\.([A-Z]\w*Api)\b", path.read_text()))
+    compiled = set()
+    for argv in runs(dockerfile.stages[0]):
+        for arg in argv:
+            m = re.fullmatch(r".*/aio/client/api/(\w+)_api\.py", arg)
+            if m and "compileall" in argv:
+                compiled.add("".join(w.capitalize() for w in m.group(1).split("_")) + "Api")
+    assert used and compiled == used
+
+
 def test_exposed_port_is_the_daemonset_port(dockerfile: Dockerfile) -> None:
     exposed = [i.args for i in dockerfile.stages[-1].instructions if i.keyword == "EXPOSE"]
     assert exposed == [str(p["containerPort"]) for p in daemonset_container()["ports"]]

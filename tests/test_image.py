@@ -79,15 +79,16 @@ def run_in(image: str, script: str, *args: str) -> str:
 # -- what is in the image -------------------------------------------------------------------------
 
 CONTENTS = """
-import importlib.metadata as md, json, os, platform, shutil, sys, sysconfig
+import importlib.metadata as md, json, os, platform, resource, shutil, sys, sysconfig
 from pathlib import Path
 purelib = Path(sysconfig.get_path("purelib"))
 k8s = purelib / "kubernetes"
 from kubernetes.aio import client
 used = ["ApiClient", "Configuration", "ApiException", "CoordinationV1Api", "CoreV1Api",
         "DiscoveryV1Api", "V1Lease"]
+import wgpy.cli, wgpy.supervisor.election, wgpy.supervisor.events, wgpy.supervisor.k8s
+import wgpy.supervisor.services
 missing = [n for n in used if getattr(client, n, None) is None]
-import wgpy.cli, wgpy.supervisor.election, wgpy.supervisor.k8s, wgpy.supervisor.services
 print(json.dumps({
     "dists": {d.metadata["Name"].lower().replace("_", "-"): d.version
               for d in md.distributions()},
@@ -95,6 +96,7 @@ print(json.dumps({
     "sync_api_modules": len(list((k8s / "client" / "api").glob("*_api.py"))),
     "aio_api_modules": len(list((k8s / "aio" / "client" / "api").glob("*_api.py"))),
     "missing": missing,
+    "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     "markers": {"python_version": platform.python_version().rsplit(".", 1)[0],
                 "python_full_version": platform.python_version(),
                 "sys_platform": sys.platform, "platform_system": platform.system(),
@@ -139,6 +141,11 @@ def test_image_is_small_and_holds_exactly_the_runtime_lock(image: str) -> None:
     # The synchronous client's API modules are gone; the asyncio client wgpy uses is whole.
     assert got["sync_api_modules"] == 0 and got["aio_api_modules"] > 50
     assert got["missing"] == []
+    # Loading the supervisor and the APIs it calls stays well inside the pod's memory limit
+    # (a generated module compiled at start-up instead of loaded from .pyc costs a lot).
+    limit = daemonset_pod()[1]["resources"]["limits"]["memory"]
+    assert limit.endswith("Mi") and got["peak_rss_kib"] < int(limit[:-2]) * 1024 // 2, got
+    print(f"supervisor imports: peak RSS {got['peak_rss_kib'] // 1024} MiB")
 
 
 def test_entrypoint_is_the_supervisor_with_the_daemonsets_args(image: str) -> None:
