@@ -433,3 +433,20 @@ def test_image_settings_agree_with_the_daemonset_security_context(
     assert not [i for i in final.instructions if i.keyword == "VOLUME"]
     assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
     assert sc["allowPrivilegeEscalation"] is False and sc["privileged"] is False
+
+
+def test_operator_guide_documents_every_build_argument(dockerfile: Dockerfile) -> None:
+    guide = (ROOT / "docs" / "operator-guide.md").read_text()
+    section = guide[guide.index("## 11. Building the image"):]
+    args = dict(dockerfile.global_args)
+    for stage in dockerfile.stages:
+        for ins in stage.instructions:
+            if ins.keyword == "ARG":
+                key, _, value = ins.args.partition("=")
+                args[key] = value
+    assert set(args) == {"BASE", "BUILD_PACKAGES"}
+    for name in args:
+        assert f"| `{name}` |" in section, name
+    digest = args["BASE"].split("@sha256:")[1]
+    assert f"@sha256:{digest[:8]}" in section  # the documented default is the real one
+    assert "docker build" in section and "podman build" in section
