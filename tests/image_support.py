@@ -118,7 +118,8 @@ def images_named(name: str) -> list[str]:
 
 
 def containers_named(name: str) -> list[str]:
-    res = podman("ps", "--all", "--format", "{{.Names}}", timeout=60)
+    # --external: also the build's working containers (buildah), not only podman run's
+    res = podman("ps", "--all", "--external", "--format", "{{.Names}}", timeout=60)
     return [ln for ln in res.stdout.split() if name in ln]
 
 

@@ -64,6 +64,7 @@ def image(name: str) -> Iterator[str]:
         print(f"\nimage {ref}: base and build in {time.monotonic() - t0:.0f} s")
         yield ref
     assert im.images_named(name) == [], "an image of this run was left behind"
+    assert im.containers_named(name) == [], "a container of this run was left behind"
     new = {t for t in im.nft_tables() - tables if any(k in t for k in ("podman", "netavark",
                                                                         "cni"))}
     assert not new, f"container networking left nftables tables behind: {new}"
@@ -166,7 +167,6 @@ class Running:
     ns_go: netns.Namespace
     ns_wgpy: netns.Namespace
     go: wg.WgInstance
-    go_pub: str
 
     def exec(self, *argv: str, input: str | None = None,
              check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -221,7 +221,7 @@ def running(image: str, name: str) -> Iterator[Running]:
                     wg.PeerConf(pub_wgpy, f"{link.ip_b}:{PORT}", [f"{TUN_WGPY}/32"])])
                 go.address(f"{TUN_GO}/24")
                 go.up(1420)
-                run = Running(ctr, ns_go, ns_wgpy, go, pub_go)
+                run = Running(ctr, ns_go, ns_wgpy, go)
                 uapi = [f"private_key={_hex(priv_wgpy)}", f"listen_port={PORT}",
                         f"public_key={_hex(pub_go)}", f"endpoint={link.ip_a}:{PORT}",
                         f"allowed_ip={TUN_GO}/32"]
