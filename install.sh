@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(python3 python3-venv python3-dev gcc iproute2 iputils-ping util-linux wireguard-go wireguard-tools iperf3 tcpdump procps kmod nftables)
+pkgs=(python3 python3-venv python3-dev gcc iproute2 iputils-ping util-linux wireguard-go wireguard-tools iperf3 tcpdump tshark procps kmod nftables)
 # The image test (tests/test_image.py): podman with runc (Debian 12's crun 1.8 refuses these
 # VMs' cgroup layout), and debootstrap for the local Debian base it builds the image on.
 pkgs+=(podman runc debootstrap)
@@ -22,6 +22,10 @@ fi
 # moves them); then wgpy itself, editable, built by the locked setuptools.
 .venv/bin/python -m pip install -q --disable-pip-version-check --require-hashes \
   -r requirements/test.lock
-.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
-  -e .
+# (setuptools warns about every editable build: shown only if the build fails)
+if ! log=$(.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
+  --no-build-isolation -e . 2>&1); then
+  echo "$log" >&2
+  exit 1
+fi
 echo "wgpy installed in $(pwd)/.venv"

@@ -17,6 +17,9 @@ leader sets up, in order (kube-vip-wireguard.md §5.2, minus what userspace make
 6. persistent keepalive 5 s: turning it on sends the first packet (an initiation) at once, so
    the VPN node learns the new endpoint without waiting for traffic.
 
+With a key log path (``wgpy supervisor --keylog NAME=PATH``), the device appends every session's
+secrets to it (:mod:`wgpy.io.keylog`; debugging only); an unsafe path fails the bring-up.
+
 Teardown reverses it: the runner stops (its thread is joined), which closes the TUN fd; the
 kernel then deletes the link, and with it the address and the routes. We wait for the link to
 be gone, so a caller that returns from :meth:`TunnelRuntime.stop` knows the tunnel is down.
@@ -38,6 +41,7 @@ from tun.linux import LinuxTun
 from wgpy.device import Device
 from wgpy.errors import WgpyError
 from wgpy.io import gro
+from wgpy.io.keylog import KeyLogRefused, KeyLogWriter, device_sink
 from wgpy.io.loop import DeviceRunner, interface_exists
 from wgpy.peer import Peer
 from wgpy.supervisor.config import Tunnel
@@ -78,8 +82,10 @@ class TunnelRuntime:
         *,
         wall_time_ns: Callable[[], int] = time.time_ns,
         clock: Callable[[], float] = time.monotonic,
+        keylog: str | None = None,
     ) -> None:
         self.tunnel = tunnel
+        self.keylog = keylog
         self.wall_time_ns = wall_time_ns
         self.clock = clock
         self.device: Device | None = None
@@ -114,13 +120,19 @@ class TunnelRuntime:
         tun: LinuxTun | None = None
         runner: DeviceRunner | None = None
         try:
+            sink = None
+            if self.keylog is not None:
+                try:
+                    sink = device_sink(KeyLogWriter(self.keylog), t.name)
+                except KeyLogRefused as e:
+                    raise TunnelError(f"tunnel {t.name}: {e}") from None
             self.endpoint = resolve_endpoint(*t.peer_endpoint)
             try:
                 tun = LinuxTun(t.name, create_only=True, mtu=MTU, vnet_hdr=gro.wanted())
             except TunError as e:
                 raise TunnelError(f"tunnel {t.name}: {e}") from None
             now = self.clock()
-            device = Device(wall_time_ns=self.wall_time_ns, mtu=MTU)
+            device = Device(wall_time_ns=self.wall_time_ns, mtu=MTU, key_log_sink=sink)
             device.timestamp_floor = timestamp_floor
             device.set_private_key(t.private_key, now=now)
             peer = device.add_peer(t.peer_public_key, now=now)
