@@ -5,6 +5,8 @@ python image cannot be pulled where CI runs), then ``wgpy-userspace`` runs in it
 DaemonSet's securityContext, devices and volumes (read from deploy/daemonset.yaml), in a
 network namespace joined by a veth to wireguard-go in another. From inside the container: a
 ping through the tunnel and 1 MB of TCP whose SHA-256 must match what wireguard-go's side got.
+Then the DaemonSet's own command, ``wgpy supervisor`` with the manifest's args and env, takes
+the Lease on a fake API server and brings its tunnel up to wireguard-go.
 
 Cost: about 45 s once per machine for the debootstrap base (cached in /var/cache/wgpy), then
 about 50 s per run (import, build with pip from PyPI, run). podman missing or unable to run
@@ -14,9 +16,12 @@ fails the test with the reason; it never skips when run as root.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +34,7 @@ import yaml
 from tests import image_support as im
 from tests.support import json_line, needs_root, probe, wait_listening
 from wgpy.testbed import netns, wg
-from wgpy.testbed.proc import wait_for
+from wgpy.testbed.proc import redact, wait_for
 
 pytestmark = [pytest.mark.image, needs_root]
 
@@ -189,15 +194,21 @@ def _start_container(image: str, name: str, ns: netns.Namespace) -> str:
     return ctr
 
 
+def _still_running(ctr: str) -> bool:
+    """True while the container runs; its exit fails the test at once, with its logs."""
+    state = json.loads(im.podman("inspect", ctr, timeout=60).stdout)[0]["State"]
+    if not state["Running"]:
+        res = im.podman("logs", ctr, check=False)
+        raise AssertionError(f"{ctr} exited ({state['ExitCode']}):\n"
+                             f"{redact(res.stdout + res.stderr)[-3000:]}")
+    return True
+
+
 def _wait_for_socket(ctr: str) -> None:
     def ready() -> bool:
-        state = json.loads(im.podman("inspect", ctr, timeout=60).stdout)[0]["State"]
-        if not state["Running"]:
-            logs = im.podman("logs", ctr, check=False).stdout
-            raise AssertionError(f"wgpy-userspace exited ({state['ExitCode']}):\n{logs}")
         res = im.podman("exec", ctr, "test", "-S", "/var/run/wireguard/wg0.sock",
                         check=False, timeout=60)
-        return res.returncode == 0
+        return _still_running(ctr) and res.returncode == 0
 
     assert wait_for(ready, 60, 0.2), "no UAPI socket in the container after 60 s"
 
@@ -291,3 +302,91 @@ def test_ping_and_1mb_tcp_from_inside_the_container(running: Running) -> None:
     peer = running.go.show_dump().peers[0]
     assert peer.latest_handshake > 0 and peer.rx_bytes > nbytes
     print(f"\nping {pinged['rtt_ms']:.2f} ms after {pinged['pings']} echo(es); 1 MB TCP intact")
+
+
+# -- the DaemonSet's own command: `wgpy supervisor` against a fake API server ---------------------
+
+API_VETH, NODE_VETH = "10.250.7.1/24", "10.250.7.2/24"
+NODE_NAME = "node-image"
+
+
+def _pod_env(container: dict[str, Any], namespace: str) -> list[str]:
+    """The manifest's env as ``--env`` flags, the downward-API fields filled as the kubelet
+    would fill them on node ``NODE_NAME`` in ``namespace``."""
+    fields = {"spec.nodeName": NODE_NAME, "metadata.namespace": namespace}
+    out = []
+    for e in container["env"]:
+        value = e["value"] if "value" in e else fields[e["valueFrom"]["fieldRef"]["fieldPath"]]
+        out.append(f"--env={e['name']}={value}")
+    return out
+
+
+def _http_get(ns: netns.Namespace, path: str) -> int:
+    """The status of ``GET http://127.0.0.1:2112/PATH`` from inside ``ns`` (a kubelet probe)."""
+    url = f"http://127.0.0.1:2112{path}"
+    script = ("import sys, urllib.error, urllib.request\n"
+              "try:\n"
+              f"    print(urllib.request.urlopen({url!r}, timeout=5).status)\n"
+              "except urllib.error.HTTPError as e:\n"
+              "    print(e.code)\n"
+              "except OSError:\n"
+              "    print(0)\n")
+    return int(ns.run([sys.executable, "-c", script], timeout=30).stdout.strip() or 0)
+
+
+def test_supervisor_leads_and_connects_under_the_daemonset(image: str, name: str,
+                                                           tmp_path: Path) -> None:
+    """The image's ENTRYPOINT with the manifest's args, env, securityContext and volumes:
+    it takes the Lease on a fake API server (through the kubernetes client the build slimmed),
+    reads the Secret, and its tunnel handshakes with wireguard-go; both probes answer 200."""
+    from tests.fakeapi import write_kubeconfig
+    from tests.supervisor_support import RbacFakeApi, deploy_rbac, secret
+    from wgpy.harness.netns import run_in_netns
+
+    pod, container = daemonset_pod()
+    namespace = "kube-system"
+    vip = next(e["value"] for e in container["env"] if e["name"] == "vip_address")
+    ctr = f"{name}-supervisor"
+    with contextlib.ExitStack() as stack:
+        ns_api = stack.enter_context(netns.Namespace())
+        ns_node = stack.enter_context(netns.Namespace())
+        link = netns.veth(ns_api, ns_node, API_VETH, NODE_VETH)
+        for s in pod["securityContext"].get("sysctls", []):
+            ns_node.run(["sysctl", "-q", "-w", f"{s['name']}={s['value']}"])
+        # The VPN node: wireguard-go next to the API server.
+        priv_vpn, priv_cluster = wg.genkey(), wg.genkey()
+        vpn = stack.enter_context(wg.WgInstance(ns_api, ["wireguard-go"], "wg0"))
+        vpn.set_conf(priv_vpn, listen_port=PORT,
+                     peers=[wg.PeerConf(wg.pubkey(priv_cluster), allowed_ips=(f"{vip}/32",))])
+        vpn.up()
+        sock = run_in_netns(ns_api.name, lambda: socket.create_server((link.ip_a, 0)))
+        stack.callback(sock.close)
+        srv = RbacFakeApi(sock=sock, bookmark_interval=1)
+        srv.start_in_thread()
+        stack.callback(srv.stop)
+        url = f"http://{link.ip_a}:{sock.getsockname()[1]}"
+        deploy_rbac(srv)
+        srv.seed(secret(yaml.safe_dump({"wg0": {
+            "vip": f"{vip}/32", "privateKey": priv_cluster, "peerPublicKey": wg.pubkey(priv_vpn),
+            "peerEndpoint": f"{link.ip_a}:{PORT}", "listenPort": PORT,
+            "allowedIPs": ["10.99.4.0/24"]}}), ns=namespace))
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", url, namespace)
+        stack.callback(im.podman, "rm", "--force", "--time=5", ctr, check=False, timeout=120)
+        im.podman("run", "--detach", f"--name={ctr}", f"--network=ns:/run/netns/{ns_node.name}",
+                  *im.podman_flags(pod, container), *_pod_env(container, namespace),
+                  f"--volume={kubeconfig}:/etc/wgpy/kubeconfig:ro",
+                  "--env=KUBECONFIG=/etc/wgpy/kubeconfig", image, *container["args"],
+                  timeout=120)
+
+        def logs() -> str:
+            res = im.podman("logs", ctr, check=False)
+            return redact(res.stdout + res.stderr)[-3000:]
+
+        def holder() -> str:
+            lease = srv.get("leases", namespace, "plndr-cp-lock") or {}
+            return str(lease.get("spec", {}).get("holderIdentity") or "")
+
+        assert wait_for(lambda: _still_running(ctr) and holder() == NODE_NAME, 90, 0.5), logs()
+        assert wait_for(lambda: vpn.show_dump().peers[0].latest_handshake > 0, 60, 0.5), logs()
+        assert wait_for(lambda: _http_get(ns_node, "/readyz") == 200, 60, 0.5), logs()
+        assert _http_get(ns_node, "/healthz") == 200
