@@ -7,7 +7,8 @@
 set -eu
 out=$1
 root=$(mktemp -d /var/tmp/wgpy-base.XXXXXX)
-trap 'rm -rf "$root"' EXIT
+# --one-file-system: never into a /proc or /sys that an interrupted debootstrap left mounted
+trap 'rm -rf --one-file-system "$root"' EXIT
 debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
     bookworm "$root" http://deb.debian.org/debian >/dev/null
 # What Debian's own slim images leave out: package caches and lists, documentation, man
