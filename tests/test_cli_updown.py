@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from tun import netlink
+from wgpy import testbed as tb
 from wgpy.keys import generate_private_key, public_key, to_base64
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,13 +96,11 @@ def env(request: pytest.FixtureRequest, tmp_path: Path) -> Env:
 
 @contextlib.contextmanager
 def namespace() -> Iterator[str]:
-    ns = unique("wgcli")
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
-        yield ns
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
+    """A fresh namespace; on the way out whatever still runs in it is stopped (a daemon that
+    a failed test never took down would otherwise keep it, its TUN and itself alive)."""
+    with tb.Namespace("wgcli") as ns:
+        subprocess.run(["ip", "-n", ns.name, "link", "set", "lo", "up"], check=True)
+        yield ns.name
 
 
 @pytest.fixture
@@ -116,7 +115,7 @@ def ifname(env: Env) -> Iterator[str]:
     try:
         yield name
     finally:
-        # The namespace's deletion removes the link and so stops the daemon; a socket left
+        # The namespace's close stops the daemon, which removes the link; a socket left
         # behind under our unique name would only confuse `wg show all`, so drop it.
         sock = env.sock(name)
         deadline = time.monotonic() + 3
