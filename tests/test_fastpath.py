@@ -365,3 +365,26 @@ def test_the_cpu_is_handed_over_after_the_first_tun_write(
     a.drain()
     assert a.tun.take() == [ipv4(B_TUN, A_TUN, b"re:ping")]
     assert calls["a"] == [0, 1]  # after the write of the answer
+
+
+def test_fast_path_drops_packets_not_for_an_accepted_destination(
+    sides: tuple[Side, Side, Clock],
+) -> None:
+    """Issue 15 point 5 on the fast path: only the VIP may come out of the tunnel."""
+    a, b, clock = sides
+    handshake(a, b)
+    b.dev.accept_destinations = frozenset({bytes(int(x) for x in B_TUN.split("."))})
+    a.dev.allowed_ips.insert("10.96.0.0/12", a.peer)
+    inject = ipv4(A_TUN, "10.96.0.1", b"into the cluster")
+    ok = ipv4(A_TUN, B_TUN, b"for the VIP")
+    a.dev.receive_tun_packet(inject, now=clock.now)
+    a.dev.receive_tun_packet(ok, now=clock.now)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for d, _ in a.dev.datagrams_to_send():
+            tx.sendto(d, (LOCAL, b.bind.port))
+        b.drain()
+    finally:
+        tx.close()
+    assert b.tun.take() == [ok]
+    assert b.dev.drops["disallowed_destination"] == 1

@@ -19,6 +19,7 @@ from wgpy.supervisor.services import (
     ServiceOptions,
     compute_rules,
     controlplane_targets,
+    cp_vip_problem,
     desired_ingress,
     is_selected,
     port_targets,
@@ -67,7 +68,7 @@ DNS = [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": "dns"},
        {"name": "web", "port": 80, "protocol": "TCP", "targetPort": 8080}]
 DNS_SLICE_PORTS = [{"name": "dns", "port": 5353, "protocol": "UDP"},
                    {"name": "web", "port": 8080, "protocol": "TCP"}]
-OPTS = ServiceOptions()
+OPTS = ServiceOptions(cp_vip=VIP)  # kube-vip: the control plane only on its VIP
 
 
 # -- pure --------------------------------------------------------------------------------------
@@ -127,16 +128,33 @@ def test_compute_rules_cp_wins_clash_and_unmatched_vip_ignored() -> None:
     cp = controlplane_targets([eps("kubernetes", [("192.168.1.10", True),
                                                   ("192.168.1.11", False)],
                                    [{"name": "https", "port": 6443, "protocol": "TCP"}])])
-    got = compute_rules([s2, s1, s3], sl, cp, [VIP, VIP2], OPTS)
-    assert got[VIP2] == (ForwardRule(6443, "TCP", (Target("192.168.1.10", 6443),),
-                                     "controlplane"),)
+    cp_opts = ServiceOptions(cp_vip=VIP)
+    got = compute_rules([s2, s1, s3], sl, cp, [VIP, VIP2], cp_opts)
+    assert got[VIP2] == ()
     assert got[VIP] == (
         ForwardRule(53, "UDP", (Target("10.1.0.1", 5353),), "service/default/a"),
         ForwardRule(80, "TCP", (Target("10.1.0.1", 8080),), "service/default/a"),
-        got[VIP2][0])
+        ForwardRule(6443, "TCP", (Target("192.168.1.10", 6443),), "controlplane"))
     only_cp_vip = compute_rules([s1], sl, cp, [VIP, VIP2], ServiceOptions(cp_vip=f"{VIP2}/32"))
     assert [r.port for r in only_cp_vip[VIP]] == [53, 80, 6443]   # a/api gets 6443 there
     assert only_cp_vip[VIP][2].source == "service/default/a"
+    assert [r.port for r in only_cp_vip[VIP2]] == [6443]
+
+
+def test_no_control_plane_vip_means_no_control_plane_forwarding() -> None:
+    """Issue 15 point 6: as kube-vip, an unset vip_address forwards 6443 on no tunnel VIP."""
+    cp = controlplane_targets([eps("kubernetes", [("192.168.1.10", True)],
+                                   [{"name": "https", "port": 6443, "protocol": "TCP"}])])
+    got = compute_rules([], [], cp, [VIP, VIP2], ServiceOptions())
+    assert got == {VIP: (), VIP2: ()}
+
+
+def test_a_control_plane_vip_matching_no_tunnel_is_a_problem() -> None:
+    assert cp_vip_problem(ServiceOptions(cp_vip=VIP), [VIP, VIP2]) is None
+    assert cp_vip_problem(ServiceOptions(), [VIP]) is None
+    assert cp_vip_problem(ServiceOptions(cp_vip="10.9.9.9", cp_enable=False), [VIP]) is None
+    why = cp_vip_problem(ServiceOptions(cp_vip="10.9.9.9/32"), [VIP, VIP2])
+    assert why is not None and "10.9.9.9/32 matches no tunnel VIP" in why and VIP in why
 
 
 def test_desired_ingress_only_our_vips() -> None:
@@ -152,6 +170,13 @@ class Sink:
     def __init__(self) -> None:
         self.calls: list[tuple[str, list[ForwardRule]]] = []
         self.current: dict[str, list[ForwardRule]] = {}
+        self.problems: dict[str, str] = {}
+
+    def set_problem(self, key: str, problem: str | None) -> None:
+        if problem:
+            self.problems[key] = problem
+        else:
+            self.problems.pop(key, None)
 
     async def set_forward_rules(self, vip: str, rules: Sequence[ForwardRule]) -> None:
         self.calls.append((vip, list(rules)))
@@ -247,9 +272,15 @@ def test_controller_live_rules_status_only_as_leader_and_unchanged_not_rewritten
                              ann={"kube-vip.io/loadbalancerIPs": VIP}))
                 await wait_for(lambda: set(sink.ports(VIP)) == {(6443, "TCP")})
                 # the tunnel goes away: its VIP is emptied
+                assert sink.problems == {}
                 await c.set_tunnels(parse_tunnels(tunnels_yaml(VIP2)))
                 assert sink.current[VIP] == []
-                assert set(sink.ports(VIP2)) == {(6443, "TCP")}
+                # vip_address (VIP) now matches no tunnel: no 6443 anywhere, and it is said
+                assert set(sink.ports(VIP2)) == set()
+                assert "matches no tunnel VIP" in sink.problems["vip_address"]
+                await c.set_tunnels(parse_tunnels(tunnels_yaml(VIP)))
+                await wait_for(lambda: set(sink.ports(VIP)) == {(6443, "TCP")})
+                assert sink.problems == {}
     run(main)
 
 

@@ -380,6 +380,10 @@ def test_end_to_end_failover_secret_edits_clock_behind(tmp_path: Path) -> None:
         srv.seed(secret(tunnels_yaml({"wg0": wg0})))
         srv.seed(lb_service("dns", VIP0, [(53, "UDP", 5353)]))
         srv.seed(slice_("dns", [API_IP], [("p53", 5353, "UDP")]))
+        # the control plane is served on vip_address (VIP0) only, as kube-vip does: wg1 is
+        # checked through a LoadBalancer Service on its VIP
+        srv.seed(lb_service("api1", VIP1, [(6443, "TCP", 6443)]))
+        srv.seed(slice_("api1", [API_IP], [("p6443", 6443, "TCP")]))
         srv.seed(slice_("kubernetes", [API_IP], [("https", 6443, "TCP")]))
         kc = write_kubeconfig(tmp_path / "kubeconfig", url)
 
@@ -387,6 +391,7 @@ def test_end_to_end_failover_secret_edits_clock_behind(tmp_path: Path) -> None:
             env = {"KUBECONFIG": str(kc), "vip_nodename": f"node-{n}",
                    "POD_NAMESPACE": NS, "vip_leaseduration": "3", "vip_renewdeadline": "2",
                    "vip_retryperiod": "0.5", "cp_enable": "true", "svc_enable": "true",
+                   "vip_address": VIP0,
                    "WGPY_CLOCK_OFFSET": str(offset), "PYTHONPATH": str(ROOT)}
             log = (tmp_path / f"node-{n}.log").open("ab")
             stack.callback(log.close)
@@ -425,8 +430,15 @@ def test_end_to_end_failover_secret_edits_clock_behind(tmp_path: Path) -> None:
             assert served_by(tcp_ask(client.name, VIP0)) == "a"
             srv.seed(secret(tunnels_yaml({"wg0": wg0})))
             # the leader's and the follower's /metrics and /readyz, from inside their pods
-            met_a, ready_a = in_ns(na.name, lambda: (http_get("/metrics"), http_get("/readyz")))
-            met_b, ready_b = in_ns(nb.name, lambda: (http_get("/metrics"), http_get("/readyz")))
+            def pod_http(ns: str) -> tuple[tuple[int, str], tuple[int, str]] | None:
+                try:   # node-b may still be starting on a loaded machine: ask until ready
+                    got = in_ns(ns, lambda: (http_get("/metrics"), http_get("/readyz")))
+                except OSError:
+                    return None
+                return got if got[1][0] == 200 else None
+
+            (met_a, ready_a), (met_b, ready_b) = (poll(lambda n=n: pod_http(n), 20)
+                                                  for n in (na.name, nb.name))
             assert ready_a[0] == ready_b[0] == 200, (ready_a, ready_b)
             assert 'wgpy_leader{identity="node-a"} 1' in met_a[1]
             assert 'wgpy_leader{identity="node-b"} 0' in met_b[1]

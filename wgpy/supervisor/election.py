@@ -23,6 +23,7 @@ import contextlib
 import inspect
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -133,6 +134,14 @@ class LeaderElector:
             return False
         ok = await self._attempt(timeout=left)
         return ok and self._leading and not self._elector.has_pending()
+
+    def time_left(self) -> float:
+        """Seconds until the renew deadline, 0 when not leading. Safe from any thread (the
+        tunnels' send fence calls it): reads two numbers and the monotonic clock."""
+        if not self._leading:
+            return 0.0
+        now = self._clock() if self._clock is not None else time.monotonic()
+        return max(0.0, self._elector.renew_time_left(now=now))
 
     @property
     def last_renew(self) -> float | None:

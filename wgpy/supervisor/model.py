@@ -67,6 +67,9 @@ class SupervisorStatus:
     config_loaded: bool = False
     config_note: str = ""  # e.g. why there are no tunnels ("secret ns/wireguard not found")
     tunnels: dict[str, TunnelStatus] = field(default_factory=dict)
+    # configuration that loads but cannot be served as asked (e.g. a vip_address matching no
+    # tunnel): not ready, with the reason in /readyz
+    problems: dict[str, str] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:
@@ -76,9 +79,10 @@ class SupervisorStatus:
         the pod does everything asked of it, and a not-ready DaemonSet pod only blocks
         rollouts (kubelet and the DaemonSet controller count it unavailable) without helping
         anyone. The reason is in the ``/readyz`` text and :attr:`config_note`. Not ready
-        means: no configuration read yet, or a leader with a tunnel down.
+        means: no configuration read yet, a configuration that cannot be served
+        (:attr:`problems`), or a leader with a tunnel down.
         """
-        if not self.config_loaded:
+        if not self.config_loaded or self.problems:
             return False
         if not self.leader:
             return True

@@ -56,7 +56,7 @@ class ServiceOptions:
     lb_class_only: bool = False
     lb_class_legacy: bool = True
     cp_enable: bool = True
-    cp_vip: str | None = None  # None: the control plane is served on every tunnel VIP
+    cp_vip: str | None = None  # None: no control-plane forwarding (kube-vip: no VIP, no cp)
     svc_enable: bool = True
     write_status: bool = True
 
@@ -181,7 +181,9 @@ def compute_rules(
     by_vip: dict[str, list[ForwardRule]] = {v: [] for v in vipset}
     taken: dict[tuple[str, int, str], str] = {}
     if opts.cp_enable and cp_targets:
-        cp_vips = [v for v in vipset if opts.cp_vip is None or v == _ip(opts.cp_vip)]
+        # kube-vip serves the control plane on its control-plane VIP only; without one
+        # (vip_address/address unset) there is nothing to serve it on.
+        cp_vips = [v for v in vipset if opts.cp_vip is not None and v == _ip(opts.cp_vip)]
         for v in cp_vips:
             by_vip[v].append(ForwardRule(CONTROLPLANE_PORT, "TCP", tuple(cp_targets),
                                          "controlplane"))
@@ -213,6 +215,17 @@ def compute_rules(
     return {v: tuple(sorted(r, key=lambda x: (x.port, x.protocol))) for v, r in by_vip.items()}
 
 
+def cp_vip_problem(opts: ServiceOptions, vips: Iterable[str]) -> str | None:
+    """Why the control plane cannot be served as configured (``None``: it can, or is off)."""
+    vipset = set(vips)
+    if not opts.cp_enable or opts.cp_vip is None or not vipset:
+        return None
+    if _ip(opts.cp_vip) in vipset:
+        return None
+    return (f"vip_address {opts.cp_vip} matches no tunnel VIP ({', '.join(sorted(vipset))}): "
+            "the control plane is not forwarded")
+
+
 def desired_ingress(svc: Obj, vips: Iterable[str]) -> list[dict[str, Any]]:
     """``status.loadBalancer.ingress`` for the Service's addresses that are our VIPs."""
     vipset = set(vips)
@@ -240,6 +253,8 @@ class RuleSink(Protocol):
 
     def set_forward_rules(self, vip: str, rules: Sequence[ForwardRule]) -> Any: ...
 
+    # optional: ``set_problem(key, text or None)``, a configuration that cannot be served
+
 
 class ServiceController:
     """Watch Services and EndpointSlices; push rules per VIP; write Service status as leader."""
@@ -259,6 +274,7 @@ class ServiceController:
         self._cp_last: tuple[Target, ...] = ()
         self._lock = asyncio.Lock()
         self.status_writes = 0
+        self.problem: str | None = None  # a configuration that cannot be served (see /readyz)
         self.reflectors: list[Reflector] = []
         kw: dict[str, Any] = {"on_change": self._changed, "on_synced": self.reconcile}
         if opts.svc_enable:
@@ -318,6 +334,15 @@ class ServiceController:
                                 len(self._cp_last))
                     cp = self._cp_last
                 self._cp_last = cp
+            problem = cp_vip_problem(self.opts, self._vips)
+            if problem != self.problem:
+                self.problem = problem
+                if problem:
+                    log.error("%s", problem)
+                report = getattr(self._sink, "set_problem", None)
+                result = report("vip_address", problem) if report is not None else None
+                if inspect.isawaitable(result):
+                    await result
             wanted = compute_rules(services, slices, cp, self._vips, self.opts)
             for vip in sorted(set(wanted) | set(self._applied)):
                 rules = wanted.get(vip, ())
