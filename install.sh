@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs wgpy and everything its tests need on a Debian machine, into ./.venv.
-# Run as root (apt-get). Idempotent.
+# Installs wgpy and everything its tests need on a Debian machine, into ./.venv, from the
+# lock file (requirements/test.lock). Run as root (apt-get). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")"
 export DEBIAN_FRONTEND=noninteractive
@@ -18,6 +18,10 @@ py=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$py" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test]'
+# Exactly the versions CI tested, each file checked against its hash (requirements/refresh
+# moves them); then wgpy itself, editable, built by the locked setuptools.
+.venv/bin/python -m pip install -q --disable-pip-version-check --require-hashes \
+  -r requirements/test.lock
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
+  -e .
 echo "wgpy installed in $(pwd)/.venv"

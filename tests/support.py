@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from wgpy import testbed as tb
 
 TOOLS = ("ip", "nsenter", "setpriv", "wg", "ping", "wireguard-go", "tcpdump")
 _missing = [t for t in TOOLS if shutil.which(t) is None]
@@ -40,3 +47,50 @@ async def wait_until(cond: Callable[[], bool], timeout: float = 3.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached")
         await asyncio.sleep(0.01)
+
+
+NETPROBE = str(Path(__file__).with_name("netprobe.py"))
+
+
+def probe(ns: tb.Namespace, *args: str) -> subprocess.Popen[bytes]:
+    """``tests/netprobe.py ARGS`` inside ``ns``, its stdout piped."""
+    return ns.popen([sys.executable, NETPROBE, *args], stdout=subprocess.PIPE)
+
+
+def json_line(proc: subprocess.Popen[bytes], timeout: float) -> dict[str, object]:
+    """The last JSON line a probe printed, once it has exited."""
+    out, _ = proc.communicate(timeout=timeout)
+    lines = [ln for ln in out.decode().splitlines() if ln.startswith("{")]
+    assert lines, f"the probe printed no result: {out.decode()[-500:]!r}"
+    result: dict[str, object] = json.loads(lines[-1])
+    return result
+
+
+def wait_listening(proc: subprocess.Popen[bytes]) -> None:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert b"listening" in line, line
+
+
+def tcp_transfer(
+    p: tb.Pair, nbytes: int, *, a_to_b: bool = True, timeout: float = 240
+) -> tuple[dict[str, object], dict[str, object]]:
+    """Send ``nbytes`` over TCP through the tunnel; (sender's, receiver's) report, each with
+    ``bytes`` and ``sha256``."""
+    src_ns, dst_ns, dst_ip = (
+        (p.ns_a, p.ns_b, p.tun_ip_b) if a_to_b else (p.ns_b, p.ns_a, p.tun_ip_a)
+    )
+    sink = probe(dst_ns, "tcp-sink", dst_ip, "5201")
+    try:
+        wait_listening(sink)
+        source = probe(src_ns, "tcp-source", dst_ip, "5201", str(nbytes))
+        try:
+            sent = json_line(source, timeout=timeout)
+        finally:
+            source.kill()
+            source.wait()
+        got = json_line(sink, timeout=30)
+    finally:
+        sink.kill()
+        sink.wait()
+    return sent, got

@@ -13,6 +13,7 @@ import socket
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -365,6 +366,141 @@ def test_the_cpu_is_handed_over_after_the_first_tun_write(
     a.drain()
     assert a.tun.take() == [ipv4(B_TUN, A_TUN, b"re:ping")]
     assert calls["a"] == [0, 1]  # after the write of the answer
+
+
+class StrictAead:
+    """Wraps an AEAD method as cryptography 51 behaves, whatever version is installed:
+    input and output must not share a buffer. Records every call's buffers."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def __call__(self, nonce: bytes, data: Any, aad: Any, out: Any) -> None:
+        self.calls += 1
+        if _base(data) is _base(out):
+            raise ValueError("data and buf must not overlap")
+        self.inner(nonce, data, aad, out)
+
+
+def _base(buf: Any) -> object:
+    return buf.obj if isinstance(buf, memoryview) else buf
+
+
+def make_strict(side: Side) -> tuple[StrictAead, StrictAead]:
+    kp = side.peer.current
+    assert kp is not None
+    seal, opener = StrictAead(kp.send.encrypt_into), StrictAead(kp.receive.decrypt_into)
+    kp.send.encrypt_into, kp.receive.decrypt_into = seal, opener  # type: ignore[method-assign]
+    return seal, opener
+
+
+def test_the_aead_never_works_in_place(sides: tuple[Side, Side, Clock]) -> None:
+    """Sealing and opening write into another buffer than they read (cryptography 51 refuses
+    overlapping buffers; with 47-50 in-place worked by accident)."""
+    a, b, _ = sides
+    handshake(a, b)
+    a_seal, a_open = make_strict(a)
+    b_seal, b_open = make_strict(b)
+    to_b = [ipv4(A_TUN, B_TUN, bytes([i]) * (40 + i), ident=i) for i in range(40)]
+    a.tun.inject_many(to_b)
+    assert a.fast.on_tun() is None
+    b.drain()
+    assert b.tun.take() == to_b
+    to_a = [ipv4(B_TUN, A_TUN, b"z" * 1392, ident=i) for i in range(40)]
+    b.tun.inject_many(to_a)
+    assert b.fast.on_tun() is None
+    a.drain()
+    assert a.tun.take() == to_a
+    assert a_seal.calls == b_open.calls == 40 and b_seal.calls == a_open.calls == 40
+    assert a.fast.faults.count == b.fast.faults.count == 0
+
+
+def test_the_installed_cryptography_runs_the_fast_path() -> None:
+    """Whatever release is installed (the lock's, or the newest in the canary), the fast
+    path's AEAD calls work: a seal and an open into separate buffers round-trip."""
+    import cryptography
+
+    c = crypto.TransportCipher(bytes(range(32)))
+    plain = bytearray(b"p" * 1420)
+    sealed = bytearray(1436)
+    c.encrypt_into(crypto.pack_nonce(5), memoryview(plain), None, memoryview(sealed))
+    opened = bytearray(1420)
+    c.decrypt_into(crypto.pack_nonce(5), memoryview(sealed), None, memoryview(opened))
+    assert opened == plain, cryptography.__version__
+
+
+class Raising:
+    """An AEAD method that raises ``times`` times (as a broken dependency would), then works."""
+
+    def __init__(self, inner: Any, times: int) -> None:
+        self.inner, self.left = inner, times
+
+    def __call__(self, *args: Any) -> None:
+        if self.left:
+            self.left -= 1
+            raise RuntimeError("injected fault")
+        self.inner(*args)
+
+
+def test_a_fault_when_sealing_sends_the_packet_the_ordinary_way(
+    sides: tuple[Side, Side, Clock], caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b, _ = sides
+    handshake(a, b)
+    kp = a.peer.current
+    assert kp is not None
+    kp.send.encrypt_into = Raising(kp.send.encrypt_into, 5)  # type: ignore[method-assign]
+    packets = [ipv4(A_TUN, B_TUN, bytes([i]) * 100, ident=i) for i in range(8)]
+    with caplog.at_level("ERROR", logger="wgpy.io.fastpath"):
+        a.tun.inject_many(packets)
+        assert a.fast.on_tun() is None
+        b.drain()
+    assert b.tun.take() == packets  # every packet, in order: 5 the ordinary way, 3 fast
+    assert a.fast.faults.count == 5
+    assert "RuntimeError: injected fault" in a.fast.faults.last
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert len(tracebacks) == 1  # the first of its kind; the rest only counted
+
+
+def test_a_fault_when_opening_delivers_the_datagram_the_ordinary_way(
+    sides: tuple[Side, Side, Clock],
+) -> None:
+    a, b, _ = sides
+    handshake(a, b)
+    kp = b.peer.current
+    assert kp is not None
+    kp.receive.decrypt_into = Raising(kp.receive.decrypt_into, 3)  # type: ignore[method-assign]
+    packets = [ipv4(A_TUN, B_TUN, bytes([i]) * 300, ident=i) for i in range(6)]
+    a.tun.inject_many(packets)
+    assert a.fast.on_tun() is None
+    b.drain()
+    assert b.tun.take() == packets
+    assert b.fast.faults.count == 3
+    assert b.dev.drops["decryption_failed"] == 0 and b.dev.drops["replayed"] == 0
+
+
+def test_dense_faults_ask_for_the_fast_path_to_be_switched_off(
+    sides: tuple[Side, Side, Clock],
+) -> None:
+    a, b, clock = sides
+    handshake(a, b)
+    reasons: list[str] = []
+    a.fast.on_broken = reasons.append
+    kp = a.peer.current
+    assert kp is not None
+    kp.send.encrypt_into = Raising(kp.send.encrypt_into, 10**6)  # type: ignore[method-assign]
+    limit = a.fast.faults.limit
+    for i in range(limit - 1):  # spread out over more than one window: never `limit` in one
+        clock.now += a.fast.faults.window / (limit - 4)
+        a.tun.inject(ipv4(A_TUN, B_TUN, b"s", ident=i))
+        a.fast.on_tun()
+    assert reasons == []
+    a.tun.inject_many(ipv4(A_TUN, B_TUN, b"d", ident=i) for i in range(limit))
+    a.fast.on_tun()
+    assert reasons and "faults, the latest: RuntimeError: injected fault" in reasons[0]
+    b.drain()
+    assert len(b.tun.take()) == 2 * limit - 1  # all delivered the ordinary way meanwhile
 
 
 def test_fast_path_drops_packets_not_for_an_accepted_destination(

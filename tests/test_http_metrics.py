@@ -191,6 +191,22 @@ def test_http_probes_metrics_stuck_loop_and_failing_status() -> None:
             assert code == 503 and "unresponsive" in body
             assert end - start < 1.4
             assert (await get("/healthz"))[0] == 200
+            # a data-plane fault: still alive (200), but the probe and the metrics say so
+            st = sample_status()
+            st.tunnels["wg1"].fastpath_faults = 3
+            st.tunnels["wg1"].last_fault = "ValueError: overlap (fastpath.py:286)"
+            state["st"] = st
+            code, _, body = await get("/healthz")
+            assert code == 200 and body == (
+                "ok, degraded:\ntunnel wg1: fast path 3 fault(s), 0 internal error(s), "
+                "the latest: ValueError: overlap (fastpath.py:286)\n"
+            )
+            fams = parse((await get("/metrics"))[2])
+            w1 = (("tunnel", "wg1"), ("vip", "10.200.0.2"))
+            assert fams["wgpy_tunnel_fastpath_faults_total"]["samples"][w1] == 3.0
+            assert fams["wgpy_tunnel_fastpath_off"]["samples"][w1] == 0.0
+            st.tunnels["wg1"].fastpath_off = True
+            assert "fast path switched off, 3 fault(s)" in (await get("/healthz"))[2]
         finally:
             srv.stop()
     asyncio.run(asyncio.wait_for(main(), 30))

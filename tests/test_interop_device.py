@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.support import IMPLS, interop
+from tests.support import IMPLS, interop, json_line, probe, tcp_transfer, wait_listening
 from wgpy import testbed as tb
 from wgpy import uapi_client
 
 pytestmark = interop
-NETPROBE = str(Path(__file__).with_name("netprobe.py"))
 PAIRS = [("wgpy", "wireguard-go"), ("wireguard-go", "wgpy"), ("wgpy", "wgpy")]
 ICMP_DATAGRAM = 16 + 96 + 16  # an 84-byte echo padded to 96, header and tag
 
@@ -77,23 +74,6 @@ def test_full_mtu_packet_with_dont_fragment(pair: tb.Pair) -> None:
     assert pair.ping(size=1393, dont_fragment=True).returncode != 0
 
 
-def _probe(ns: tb.Namespace, *args: str) -> subprocess.Popen[bytes]:
-    return ns.popen([sys.executable, NETPROBE, *args], stdout=subprocess.PIPE)
-
-
-def _json_line(proc: subprocess.Popen[bytes], timeout: float) -> dict[str, object]:
-    out, _ = proc.communicate(timeout=timeout)
-    lines = [ln for ln in out.decode().splitlines() if ln.startswith("{")]
-    result: dict[str, object] = json.loads(lines[-1])
-    return result
-
-
-def _wait_listening(proc: subprocess.Popen[bytes]) -> None:
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert b"listening" in line, line
-
-
 @pytest.mark.parametrize(
     ("impls", "direction"),
     [(PAIRS[0], "a->b"), (PAIRS[0], "b->a"), (PAIRS[2], "a->b")],
@@ -103,15 +83,8 @@ def test_tcp_transfer_100mb_checksum(impls: tuple[str, str], direction: str) -> 
     nbytes = 100 * 1024 * 1024
     with tb.make_pair(IMPLS[impls[0]], IMPLS[impls[1]]) as p:
         p.wait_handshake()
-        src_ns, dst_ns, dst_ip = (
-            (p.ns_a, p.ns_b, p.tun_ip_b) if direction == "a->b" else (p.ns_b, p.ns_a, p.tun_ip_a)
-        )
         receiver, receiver_impl = (p.wg_b, impls[1]) if direction == "a->b" else (p.wg_a, impls[0])
-        sink = _probe(dst_ns, "tcp-sink", dst_ip, "5201")
-        _wait_listening(sink)
-        source = _probe(src_ns, "tcp-source", dst_ip, "5201", str(nbytes))
-        sent = _json_line(source, timeout=240)
-        got = _json_line(sink, timeout=30)
+        sent, got = tcp_transfer(p, nbytes, a_to_b=direction == "a->b")
         assert got["bytes"] == sent["bytes"] == nbytes
         assert got["sha256"] == sent["sha256"]
         secs = float(str(sent["seconds"]))
@@ -131,10 +104,10 @@ def test_udp_datagrams_both_ways(pair: tb.Pair) -> None:
         (pair.ns_b, pair.ns_a, pair.tun_ip_b),
         (pair.ns_a, pair.ns_b, pair.tun_ip_a),
     ):
-        echo = _probe(server_ns, "udp-echo", ip, "7777", "300")
-        _wait_listening(echo)
-        client = _probe(client_ns, "udp-client", ip, "7777", "300")
-        res = _json_line(client, timeout=30)
+        echo = probe(server_ns, "udp-echo", ip, "7777", "300")
+        wait_listening(echo)
+        client = probe(client_ns, "udp-client", ip, "7777", "300")
+        res = json_line(client, timeout=30)
         echo.kill()
         echo.wait()
         assert int(str(res["echoed"])) == 300
@@ -221,7 +194,7 @@ def test_tcp_over_ipv6_from_wireguard_go_is_coalesced_intact() -> None:
             w.wg("set", "wg0", "peer", pub, "allowed-ips", f"{v4}/32,{other}/128")
             ns.run(["ip", "-6", "addr", "add", f"{me}/64", "dev", "wg0", "nodad"])
         sink = p.ns_b.popen([sys.executable, "-c", _V6_SINK], stdout=subprocess.PIPE)
-        _wait_listening(sink)
+        wait_listening(sink)
         sent = p.ns_a.run([sys.executable, "-c", _V6_SOURCE], timeout=120).stdout.split()
         assert sink.stdout is not None
         got = sink.stdout.readline().decode().split()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 
 import pytest
 
@@ -65,9 +66,56 @@ def test_the_fast_paths_refusals_reach_the_stats_counters() -> None:
             "send_errors": 0,
             "tun_write_errors": 0,
             "internal_errors": 0,
+            "fastpath_faults": 0,
+            "fastpath_off": 0,
         }
         runner.fast._send_one(b"x", ("::1", 9))  # no socket is open: refused, counted
         runner.send_errors += 2  # as the ordinary path counts its own
         assert runner.io_counters()["send_errors"] == 3
     finally:
         runner.close()
+
+
+def test_an_exception_escaping_the_fast_path_switches_it_off() -> None:
+    """The loop survives it, counts it, and from then on the ordinary path reads the socket."""
+    import threading
+    import time
+
+    from tun.memory import MemoryTun
+    from wgpy.device import Device
+    from wgpy.io.loop import DeviceRunner
+
+    runner = DeviceRunner(Device(wall_time_ns=lambda: 0), MemoryTun("off0"), fast_path=True)
+    fast = runner.fast
+    assert fast is not None
+
+    def broken(*_args: object) -> None:  # outside the per-packet guard: escapes on_udp
+        raise RuntimeError("injected")
+
+    fast._slow_datagram = broken  # type: ignore[method-assign]
+    runner.bind_port(0)
+    port = runner.bind.port
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+
+        def poll(cond: Callable[[], bool]) -> None:
+            deadline = time.monotonic() + 10
+            while not cond():
+                assert time.monotonic() < deadline, runner.io_counters()
+                sender.sendto(b"\x09junk", ("127.0.0.1", port))  # no such message type
+                time.sleep(0.02)
+
+        poll(lambda: runner.fast is None)
+        counters = runner.io_counters()
+        assert counters["fastpath_off"] == 1 and counters["internal_errors"] >= 1
+        assert "RuntimeError: injected" in runner.fast_off_reason
+        before = runner.device.drops["unknown_type"]
+        poll(lambda: runner.device.drops["unknown_type"] > before)  # the ordinary path reads
+        assert thread.is_alive()
+    finally:
+        sender.close()
+        runner.stop()
+        thread.join(10)
+    assert not thread.is_alive()

@@ -1,19 +1,27 @@
-"""The data-plane fast path: transport data sealed and opened in place, in batches.
+"""The data-plane fast path: transport data sealed and opened in batches.
 
 The sans-IO :class:`~wgpy.device.Device` handles one packet per call and returns new ``bytes``
 for each; at a Gbit/s that bookkeeping costs more than the crypto (docs/benchmarks.md). This
 layer moves the common case — a data packet on an established session — without it:
 
-* **TUN → UDP** (:meth:`FastPath.on_tun`): up to ``BATCH`` packets are read straight into an
-  arena at 16 bytes of head-room, padded, given their header and sealed *in place*
-  (``encrypt_into``); consecutive same-size datagrams to one endpoint form a run sent with one
+* **TUN → UDP** (:meth:`FastPath.on_tun`): up to ``BATCH`` packets are read one by one into a
+  plaintext buffer, padded there and sealed (``encrypt_into``) into an arena behind their
+  header; consecutive same-size datagrams to one endpoint form a run sent with one
   ``sendmsg`` carrying a ``UDP_SEGMENT`` cmsg (UDP GSO), at most ``GSO_MAX_SEGMENTS`` per run.
 * **UDP → TUN** (:meth:`FastPath.on_udp`): ``recvmsg_into`` one buffer; with ``UDP_GRO`` the
   kernel hands several datagrams of one flow at once, split by the cmsg's segment size. Each is
-  opened in place (``decrypt_into``), replay-checked *after* authentication, source-checked and
-  written to the TUN from the same buffer. On a TUN opened with ``IFF_VNET_HDR``, TCP
+  opened (``decrypt_into``) into a packet buffer, replay-checked *after* authentication,
+  source-checked and written to the TUN from there. On a TUN opened with ``IFF_VNET_HDR``, TCP
   segments are held instead and consecutive ones of a flow go to the TUN as one GSO write
   (:mod:`wgpy.io.gro`), at the latest when the socket has nothing more to read.
+
+The AEAD never works in place: its input and output are always different buffers. That is
+what ``*_into`` is documented for (cryptography 51 refuses overlapping buffers, which cost a
+fresh install all its data, issue 13), and it costs nothing, since the output is written
+anyway. An unexpected exception on the per-packet path sends that packet the ordinary way
+(the ciphertext of a received one is still intact), is counted in :attr:`FastPath.faults` and
+logged sparingly (:mod:`wgpy.io.faults`); when they come densely the fast path asks to be
+switched off (``on_broken``), and the ordinary path carries everything from then on.
 
 Latency comes first where it costs nothing in throughput: the first packet of a TUN read is
 sent at once, before the rest of the batch; and after the first packet ``on_udp`` writes to
@@ -40,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import logging
 import os
 import socket
 import struct
@@ -49,9 +58,10 @@ from typing import Any
 
 from noise.crypto import AuthenticationFailed
 from noise.crypto import pack_nonce as _nonce
-from tun.base import VNET_HDR_LEN, ZERO_VNET_HDR, TunDevice
+from tun.base import VNET_HDR_LEN, TunDevice
 from wgpy import messages
 from wgpy.device import Device
+from wgpy.io.faults import FaultLog
 from wgpy.io.gro import NEEDS_CSUM, TcpCoalescer
 from wgpy.io.udp import UdpBind
 from wgpy.keypair import Keypair
@@ -71,6 +81,13 @@ ARENA = 4 * (MAX_PACKET + 64)
 RX_BUFFER = 65536 + 64
 _ARENA_LIMIT = ARENA - MAX_PACKET - HEADROOM - TAG - 16  # start a new arena pass beyond
 
+# Plaintext buffers (``_pt`` for sending, ``_pkt`` for receiving) hold the IP packet at _P,
+# behind room for a virtio_net_hdr: fixed offsets, so the header fields are constant slices.
+_P = VNET_HDR_LEN
+_V4_SRC, _V4_DST = slice(_P + 12, _P + 16), slice(_P + 16, _P + 20)
+_V6_SRC, _V6_DST = slice(_P + 8, _P + 24), slice(_P + 24, _P + 40)
+PLAINTEXT = _P + MAX_PACKET + 16  # a packet, its padding and the header in front
+
 _HEADER = messages.TRANSPORT_HEADER
 _SEGMENT = struct.Struct("=H")
 _ZEROS = bytes(16)
@@ -78,6 +95,8 @@ _CMSG_SPACE = socket.CMSG_SPACE(4)
 padding_size = messages.padding_size
 _TRANSPORT = messages.MESSAGE_TRANSPORT
 _KEEPALIVE = messages.MESSAGE_KEEPALIVE_SIZE
+
+log = logging.getLogger(__name__)
 
 
 class FastPath:
@@ -95,6 +114,7 @@ class FastPath:
         *,
         clock: Callable[[], float],
         hand_over: Callable[[], None] | None = os.sched_yield,
+        on_broken: Callable[[str], None] | None = None,
         may_send: Callable[[], bool] | None = None,
     ) -> None:
         self.device = device
@@ -106,6 +126,8 @@ class FastPath:
         self.send_errors = 0
         self.tun_write_errors = 0
         self.tun_error: str | None = None  # set when a TUN read inside on_udp failed
+        self.faults = FaultLog("fast path", clock=clock, logger=log)
+        self.on_broken = on_broken  # called when faults come densely: switch me off
         self.may_send = may_send  # asked before each send; False: dropped, counted in fenced
         self.fenced = 0
         self._file = _raw_file(tun)
@@ -116,10 +138,15 @@ class FastPath:
         self._vnet_len = VNET_HDR_LEN if vnet else 0
         self.gro = TcpCoalescer(self._write) if vnet else None
         self._pending_rx: dict[Peer, list[Any]] = {}  # received, not yet committed
-        self._tx = bytearray(ARENA)
+        self._tx = bytearray(ARENA)  # sealed datagrams, sent in GSO runs
         self._txv = memoryview(self._tx)
-        self._rx = bytearray(RX_BUFFER)
+        self._pt = bytearray(PLAINTEXT)  # the TUN packet being sealed
+        self._ptv = memoryview(self._pt)
+        self._pt_read = self._ptv[_P - self._vnet_len : _P + MAX_PACKET]
+        self._rx = bytearray(RX_BUFFER)  # received datagrams
         self._rxv = memoryview(self._rx)
+        self._pkt = bytearray(PLAINTEXT)  # the opened packet, written to the TUN from here
+        self._pktv = memoryview(self._pkt)
         self._rx_bufs = [self._rxv]
         # the GSO run being built in the arena: [start, end) of datagrams of `seg` bytes each
         self._run_start = 0
@@ -211,14 +238,16 @@ class FastPath:
 
         Written for the first packet after idle as much as for throughput: the packet is sent
         before any bookkeeping, and the loop keeps its state in locals (no per-packet calls
-        besides read, lookup and seal).
+        besides read, lookup and seal). Each packet is read into the plaintext buffer and
+        sealed into the arena: the AEAD's input and output never overlap.
         """
         dev = self.device
         now = self.clock()
         read_into = self._read_into
         lookup = dev.allowed_ips.lookup
         mtu = dev.mtu
-        buf, view = self._tx, self._txv
+        pt, ptv, into = self._pt, self._ptv, self._pt_read
+        view = self._txv
         vnet = self._vnet_len
         # the peer of the previous packet, its keypair, seal and endpoint
         last_peer: Peer | None = None
@@ -234,9 +263,8 @@ class FastPath:
             if off > _ARENA_LIMIT:
                 self._send_run()
                 off = 0
-            body = off + HEADROOM
             try:
-                n = read_into(view[body - vnet : body + MAX_PACKET])
+                n = read_into(into)
             except BlockingIOError:
                 break
             except OSError as e:
@@ -246,54 +274,58 @@ class FastPath:
                 break
             if n is None:  # FileIO's EAGAIN
                 break
-            if vnet:  # its virtio_net_hdr is in the head-room; no offloads were asked for
+            if vnet:  # its virtio_net_hdr comes first; no offloads were asked for
                 n -= vnet
-                if buf[body - vnet + 1] or buf[body - vnet] & NEEDS_CSUM:
+                if pt[1] or pt[0] & NEEDS_CSUM:
                     dev.drops["malformed_outbound"] += 1
                     continue
-            version = buf[body] >> 4 if n else 0
+            version = pt[_P] >> 4 if n else 0
             if version == 4 and n >= 20:
-                peer = lookup(buf[body + 16 : body + 20])
+                peer = lookup(pt[_V4_DST])
             elif version == 6 and n >= 40:
-                peer = lookup(buf[body + 24 : body + 40])
+                peer = lookup(pt[_V6_DST])
             else:
                 dev.drops["malformed_outbound"] += 1
                 continue
             if peer is None:
                 dev.drops["no_route"] += 1
                 continue
-            if peer is not last_peer:
-                if count:
-                    sent.append((last_peer, nbytes, count))  # type: ignore[arg-type]
-                    nbytes = count = 0
-                last_peer = peer
-                kp = dev.sendable_keypair(peer, now=now, count=BATCH)
-                seal = kp.send.encrypt_into if kp is not None else None
-                endpoint = peer.endpoint
-            if kp is None or seal is None or endpoint is None:
-                # the ordinary path: it stages, handshakes or renews as the protocol says
-                self._send_run()
-                if count:
-                    sent.append((last_peer, nbytes, count))  # type: ignore[arg-type]
-                    nbytes = count = 0
-                self._commit(sent, now)
-                dev.receive_tun_packet(bytes(view[body : body + n]), now=now)
-                self.send_device_output()
-                last_peer = None  # its state may have changed
+            try:
+                if peer is not last_peer:
+                    if count:
+                        sent.append((last_peer, nbytes, count))  # type: ignore[arg-type]
+                        nbytes = count = 0
+                    last_peer = peer
+                    kp = dev.sendable_keypair(peer, now=now, count=BATCH)
+                    seal = kp.send.encrypt_into if kp is not None else None
+                    endpoint = peer.endpoint
+                if kp is None or seal is None or endpoint is None:
+                    # the ordinary path: it stages, handshakes or renews as the protocol says
+                    if count:
+                        sent.append((last_peer, nbytes, count))  # type: ignore[arg-type]
+                        nbytes = count = 0
+                    last_peer = None  # its state may change
+                    self._ordinary_tun(bytes(ptv[_P : _P + n]), sent, now)
+                    continue
+                if n < mtu:  # messages.padding_size, inlined for the common case
+                    pad = (n + 15) & ~15
+                    pad = (pad if pad < mtu else mtu) - n
+                else:
+                    pad = padding_size(n, mtu)
+                size = n + pad
+                if pad:
+                    pt[_P + n : _P + size] = _ZEROS[:pad]
+                counter = kp.send_counter
+                kp.send_counter = counter + 1
+                body = off + HEADROOM
+                _HEADER.pack_into(view, off, _TRANSPORT, kp.remote_index, counter)
+                seal(_nonce(counter), ptv[_P : _P + size], None, view[body : body + size + TAG])
+            except Exception as e:  # a bug or a dependency's change: the packet goes the
+                self._fault(e)  # ordinary way, and the fault is counted and shown
+                last_peer = None
+                self._ordinary_tun(bytes(ptv[_P : _P + n]), sent, now)
                 continue
-            if n < mtu:  # messages.padding_size, inlined for the common case
-                pad = (n + 15) & ~15
-                pad = (pad if pad < mtu else mtu) - n
-            else:
-                pad = padding_size(n, mtu)
-            if pad:
-                buf[body + n : body + n + pad] = _ZEROS[:pad]
-                n += pad
-            counter = kp.send_counter
-            kp.send_counter = counter + 1
-            _HEADER.pack_into(buf, off, _TRANSPORT, kp.remote_index, counter)
-            seal(_nonce(counter), view[body : body + n], None, view[body : body + n + TAG])
-            length = n + HEADROOM + TAG
+            length = size + HEADROOM + TAG
             nbytes += length
             count += 1
             if first:  # out at once, before reading on: the latency of a lone packet
@@ -313,6 +345,20 @@ class FastPath:
             sent.append((last_peer, nbytes, count))  # type: ignore[arg-type]
         self._commit(sent, now)
         return error
+
+    def _ordinary_tun(self, packet: bytes, sent: list[tuple[Peer, int, int]], now: float) -> None:
+        """One TUN packet through ``Device.receive_tun_packet``, in order: what the batch
+        holds is sent and committed first, what the Device produces is sent right after."""
+        self._send_run()
+        self._commit(sent, now)
+        self.device.receive_tun_packet(packet, now=now)
+        self.send_device_output()
+
+    def _fault(self, e: Exception) -> None:
+        """An unexpected exception on the per-packet path: counted and logged sparingly;
+        dense faults switch the fast path off (``on_broken``)."""
+        if self.faults.record(e) and self.on_broken is not None:
+            self.on_broken(f"{self.faults.count} faults, the latest: {self.faults.last}")
 
     def _commit(self, sent: list[tuple[Peer, int, int]], now: float) -> None:
         """Bookkeeping of what was received (first: the receive timers come before the send
@@ -334,6 +380,7 @@ class FastPath:
         dev = self.device
         now = self.clock()
         buf, view = self._rx, self._rxv
+        pkt, pktv = self._pkt, self._pktv
         rx_bufs = self._rx_bufs
         write = self._write
         gro = self.gro
@@ -370,73 +417,79 @@ class FastPath:
                     self._slow_datagram(now, view[start:end], addr)
                     last_receiver = -1  # a handshake may have changed the index table
                     continue
-                _t, receiver, counter = unpack_from(buf, start)
-                if receiver != last_receiver or _t != _TRANSPORT:
-                    session = dev.receivable_keypair(receiver, now=now)
-                    if session is None or _t != _TRANSPORT:
-                        self._slow_datagram(now, view[start:end], addr)
-                        last_receiver = -1  # e.g. a `next` session was confirmed
-                        continue
-                    peer, kp = session
-                    last_receiver = receiver
-                    totals = None
-                assert kp is not None and peer is not None
-                body = start + HEADROOM
                 try:
-                    kp.receive.decrypt_into(
-                        _nonce(counter), view[body:end], None, view[body : end - TAG]
-                    )
-                except AuthenticationFailed:
-                    dev.drops["decryption_failed"] += 1
-                    continue
-                if not kp.replay.validate(counter):
-                    dev.drops["replayed"] += 1
-                    continue
-                if totals is None:
-                    totals = pending.get(peer)
+                    _t, receiver, counter = unpack_from(buf, start)
+                    if receiver != last_receiver or _t != _TRANSPORT:
+                        session = dev.receivable_keypair(receiver, now=now)
+                        if session is None or _t != _TRANSPORT:
+                            self._slow_datagram(now, view[start:end], addr)
+                            last_receiver = -1  # e.g. a `next` session was confirmed
+                            continue
+                        peer, kp = session
+                        last_receiver = receiver
+                        totals = None
+                    assert kp is not None and peer is not None
+                    body = start + HEADROOM
+                    size = end - TAG - body
+                    try:
+                        kp.receive.decrypt_into(
+                            _nonce(counter), view[body:end], None, pktv[_P : _P + size]
+                        )
+                    except AuthenticationFailed:
+                        dev.drops["decryption_failed"] += 1
+                        continue
+                    if not kp.replay.validate(counter):
+                        dev.drops["replayed"] += 1
+                        continue
                     if totals is None:
-                        totals = pending[peer] = [0, 0, addr]
-                totals[0] += end - start
-                totals[2] = addr
-                size = end - TAG - body
-                if size == 0:
-                    continue  # keepalive
-                version = buf[body] >> 4
-                if version == 4 and size >= 20:
-                    length = (buf[body + 2] << 8) | buf[body + 3]
-                    src = buf[body + 12 : body + 16]
-                    ok = 20 <= length <= size
-                elif version == 6 and size >= 40:
-                    length = 40 + ((buf[body + 4] << 8) | buf[body + 5])
-                    src = buf[body + 8 : body + 24]
-                    ok = length <= size
-                else:
-                    ok = False
-                if not ok:
-                    dev.drops["malformed_inner_packet"] += 1
-                    continue
-                if lookup(src) is not peer:
-                    dev.drops["disallowed_source"] += 1
-                    continue
-                accept = dev.accept_destinations
-                if accept is not None and bytes(
-                    buf[body + 16 : body + 20] if version == 4 else buf[body + 24 : body + 40]
-                ) not in accept:
-                    dev.drops["disallowed_destination"] += 1
-                    continue
-                totals[1] += 1
-                if gro is not None:
-                    if gro.offer(view, body, length):
-                        held = True
+                        totals = pending.get(peer)
+                        if totals is None:
+                            totals = pending[peer] = [0, 0, addr]
+                    totals[0] += end - start
+                    totals[2] = addr
+                    if size == 0:
+                        continue  # keepalive
+                    version = pkt[_P] >> 4
+                    if version == 4 and size >= 20:
+                        length = (pkt[_P + 2] << 8) | pkt[_P + 3]
+                        src = pkt[_V4_SRC]
+                        ok = 20 <= length <= size
+                    elif version == 6 and size >= 40:
+                        length = 40 + ((pkt[_P + 4] << 8) | pkt[_P + 5])
+                        src = pkt[_V6_SRC]
+                        ok = length <= size
+                    else:
+                        ok = False
+                    if not ok:
+                        dev.drops["malformed_inner_packet"] += 1
                         continue
-                    if held:
-                        held = False
-                        gro.flush()
-                    buf[body - vnet : body] = ZERO_VNET_HDR  # over the spent WireGuard header
-                try:
-                    write(view[body - vnet : body + length])
-                except OSError:
-                    self.tun_write_errors += 1
+                    if lookup(src) is not peer:
+                        dev.drops["disallowed_source"] += 1
+                        continue
+                    accept = dev.accept_destinations
+                    if accept is not None and bytes(
+                        pkt[_V4_DST] if version == 4 else pkt[_V6_DST]
+                    ) not in accept:
+                        dev.drops["disallowed_destination"] += 1
+                        continue
+                    totals[1] += 1
+                    if gro is not None:
+                        if gro.offer(pktv, _P, length):
+                            held = True
+                            continue
+                        if held:
+                            held = False
+                            gro.flush()
+                    try:  # the virtio_net_hdr in front stays zero: nothing else writes there
+                        write(pktv[_P - vnet : _P + length])
+                    except OSError:
+                        self.tun_write_errors += 1
+                except Exception as e:  # a bug or a dependency's change: this datagram
+                    self._fault(e)  # goes the ordinary way (its ciphertext is intact)
+                    self._slow_datagram(now, view[start:end], addr)
+                    last_receiver = -1
+                    totals = None
+                    continue
                 written = True
                 if not chained:
                     chained = True
@@ -517,3 +570,9 @@ def enable_gro(sock: socket.socket) -> bool:
         sock.setsockopt(SOL_UDP, UDP_GRO, 1)
         return True
     return False
+
+
+def disable_gro(sock: socket.socket) -> None:
+    """Turn ``UDP_GRO`` off again (for a reader that takes one datagram per read)."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(SOL_UDP, UDP_GRO, 0)

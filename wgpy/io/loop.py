@@ -26,7 +26,8 @@ from typing import Any
 from tun.base import TunDevice
 from wgpy import configure, uapi
 from wgpy.device import Device
-from wgpy.io.fastpath import FastPath, enable_gro
+from wgpy.io.fastpath import FastPath, disable_gro, enable_gro
+from wgpy.io.faults import FaultLog, describe
 from wgpy.io.uapi_server import UapiServer
 from wgpy.io.udp import UdpBind
 
@@ -94,16 +95,26 @@ class DeviceRunner:
             fast_path = os.environ.get("WGPY_FASTPATH", "1") != "0"
         hand_over = os.sched_yield if os.environ.get("WGPY_HAND_OVER", "1") != "0" else None
         self.fast = (
-            FastPath(device, tun, self.bind, clock=clock, hand_over=hand_over, may_send=may_send)
+            FastPath(
+                device,
+                tun,
+                self.bind,
+                clock=clock,
+                hand_over=hand_over,
+                on_broken=self.fast_path_off,
+                may_send=may_send,
+            )
             if fast_path
             else None
         )
+        self.fast_off_reason = ""  # why the fast path was switched off, if it was
+        self._fast_retired: FastPath | None = None  # its counters stay readable
         self.sel = Poller()
         self.stopping = False
         self.exit_reason = ""
         self.send_errors = 0
         self.tun_write_errors = 0
-        self.internal_errors = 0
+        self.internal_errors = FaultLog("event loop", clock=clock, logger=log)
         self._link_alive = link_alive
         self._may_send = may_send
         self.fenced = 0
@@ -250,7 +261,6 @@ class DeviceRunner:
         poll = self.sel.epoll.poll
         handlers = self.sel.handlers
         clock = self.clock
-        fast = self.fast
         has_output = self.device.has_output
         deadline = get_timer()
         try:
@@ -263,9 +273,14 @@ class DeviceRunner:
                         continue
                     try:
                         entry[1](entry[0])
-                    except Exception:  # a bug must cost one event, never the interface
-                        self.internal_errors += 1
-                        log.exception("internal error handling fd %d", fd)
+                    except Exception as e:  # a bug must cost one event, never the interface
+                        self.internal_errors.record(e)
+                        fast = self.fast  # the fast path's handlers: TUN and UDP reads
+                        if fast is not None and (
+                            entry[1] == self._on_tun or getattr(entry[1], "__self__", 0) is fast
+                        ):
+                            self.fast_path_off(f"it raised {describe(e)}")
+                fast = self.fast
                 if fast is not None and fast.tun_error is not None:
                     self.stop(fast.tun_error)
                 now = clock()
@@ -282,15 +297,41 @@ class DeviceRunner:
             self.close()
         return self.exit_reason
 
-    def io_counters(self) -> dict[str, int]:
-        """What the OS refused (datagrams, TUN writes) and internal errors, the fast path's
-        included, and its GSO writes: the counters the UAPI ``stats`` request reports."""
+    def fast_path_off(self, reason: str) -> None:
+        """Switch the fast path off for good: from now on the ordinary ``Device`` path
+        carries every packet (plain reads of the UDP sockets, without UDP GRO). Called when
+        the fast path fails densely or an exception escapes it; ``stats=1`` (fastpath_off),
+        ``/metrics`` and ``/healthz`` show it."""
         fast = self.fast
+        if fast is None:
+            return
+        self.fast, self._fast_retired, self.fast_off_reason = None, fast, reason
+        log.error("fast path switched off (%s); the ordinary path carries the data", reason)
+        with contextlib.suppress(Exception):
+            if fast.gro is not None:
+                fast.gro.flush()
+        for s in self.bind.sockets():
+            disable_gro(s)
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(s)
+            self.sel.register(s, self._on_udp)
+
+    def last_fault(self) -> str:
+        """The latest unexpected error of the fast path or the loop ("" if none)."""
+        fast = self.fast or self._fast_retired
+        return (fast.faults.last if fast else "") or self.internal_errors.last
+
+    def io_counters(self) -> dict[str, int]:
+        """What the OS refused (datagrams, TUN writes), internal errors, the fast path's
+        faults and its GSO writes: the counters the UAPI ``stats`` request reports."""
+        fast = self.fast or self._fast_retired
         gro = fast.gro if fast else None
         out = {
             "send_errors": self.send_errors + (fast.send_errors if fast else 0),
             "tun_write_errors": self.tun_write_errors + (fast.tun_write_errors if fast else 0),
-            "internal_errors": self.internal_errors,
+            "internal_errors": self.internal_errors.count,
+            "fastpath_faults": fast.faults.count if fast else 0,
+            "fastpath_off": int(bool(self.fast_off_reason)),
         }
         fenced = self.fenced + (fast.fenced if fast else 0)
         if fenced:  # datagrams held back by the may_send fence (leadership lost)

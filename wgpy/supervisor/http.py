@@ -9,6 +9,10 @@ a status snapshot and fails if that does not work:
   until the kubelet's timeout, and a crashing ``status()`` yields ``503``;
 * ``/readyz`` is ``SupervisorStatus.ready`` (a follower with a valid config, or a leader whose
   tunnels are all up; a valid configuration with no tunnels is ready and says so);
+* ``/healthz`` stays 200 when a tunnel's data plane has failed unexpectedly (fast-path faults,
+  internal errors) but says so, one line per tunnel, after ``ok, degraded:``: the device keeps
+  moving data the ordinary way, and a restart would not mend a bug or a dependency's change;
+  the same counts are in ``/metrics``;
 * ``/metrics`` renders the same snapshot (:mod:`wgpy.supervisor.metrics`).
 
 Bodies are short fixed texts or the exposition; no configuration value other than tunnel
@@ -129,6 +133,9 @@ class HttpServer:
         st, err = await self._get()
         if st is None:
             return web.Response(status=503, text=err + "\n")
+        degraded = st.degraded()
+        if degraded:  # still moving data (the ordinary path): a restart would not help
+            return web.Response(text="ok, degraded:\n" + "".join(f"{d}\n" for d in degraded))
         return web.Response(text="ok\n")
 
     async def _readyz(self, request: web.Request) -> web.Response:

@@ -94,6 +94,12 @@ def families(status: SupervisorStatus, *, now_unix: float) -> list[Family]:
     hs = fam("tunnel_handshakes_total", "counter", "Completed handshakes")
     hsf = fam("tunnel_handshake_failures_total", "counter",
               "Handshake attempts that got no answer")
+    faults = fam("tunnel_fastpath_faults_total", "counter",
+                 "Packets the fast path failed on unexpectedly (each went the ordinary way)")
+    fp_off = fam("tunnel_fastpath_off", "gauge",
+                 "1 if the fast path was switched off after dense faults")
+    internal = fam("tunnel_internal_errors_total", "counter",
+                   "Unexpected errors in the tunnel's event loop")
     conns = fam("forwarded_connections_total", "counter",
                 "Forwarded TCP connections (UDP: client flows) by VIP port and protocol")
     dgrams = fam("forwarded_datagrams_total", "counter",
@@ -115,6 +121,9 @@ def families(status: SupervisorStatus, *, now_unix: float) -> list[Family]:
         tx.add(t.tx_bytes, **lab)
         hs.add(t.handshakes, **lab)
         hsf.add(t.handshake_failures, **lab)
+        faults.add(t.fastpath_faults, **lab)
+        fp_off.add(1 if t.fastpath_off else 0, **lab)
+        internal.add(t.internal_errors, **lab)
         for (port, proto) in sorted(t.forwards):
             s = t.forwards[(port, proto)]
             flab = dict(lab, port=str(port), protocol=proto)
@@ -125,7 +134,7 @@ def families(status: SupervisorStatus, *, now_unix: float) -> list[Family]:
             refused.add(s.refused, **flab)
             active.add(s.active, **flab)
     return [leader, ready, loaded, failovers, rejections, up, age, rx, tx, hs, hsf,
-            conns, dgrams, fbytes, ferrs, refused, active]
+            faults, fp_off, internal, conns, dgrams, fbytes, ferrs, refused, active]
 
 
 def render(status: SupervisorStatus, *, now_unix: float) -> str:

@@ -52,6 +52,11 @@ class TunnelStatus:
     tx_bytes: int = 0
     handshakes: int = 0
     handshake_failures: int = 0
+    # the data plane's unexpected errors (wgpy.io.faults): it keeps moving data regardless
+    fastpath_faults: int = 0
+    fastpath_off: bool = False  # switched off after dense faults: the ordinary path runs
+    internal_errors: int = 0
+    last_fault: str = ""
     # keyed by (port, protocol)
     forwards: dict[tuple[int, str], ForwardStats] = field(default_factory=dict)
 
@@ -70,6 +75,19 @@ class SupervisorStatus:
     # configuration that loads but cannot be served as asked (e.g. a vip_address matching no
     # tunnel): not ready, with the reason in /readyz
     problems: dict[str, str] = field(default_factory=dict)
+
+    def degraded(self) -> list[str]:
+        """One line per tunnel whose data plane has failed unexpectedly (``/healthz``)."""
+        out = []
+        for name in sorted(self.tunnels):
+            t = self.tunnels[name]
+            if t.fastpath_faults or t.fastpath_off or t.internal_errors:
+                off = "switched off, " if t.fastpath_off else ""
+                out.append(
+                    f"tunnel {name}: fast path {off}{t.fastpath_faults} fault(s), "
+                    f"{t.internal_errors} internal error(s), the latest: {t.last_fault}"
+                )
+        return out
 
     @property
     def ready(self) -> bool:

@@ -316,4 +316,11 @@ class TunnelRuntime:
             st.tx_bytes = peer.tx_bytes
             st.handshakes = device.handshakes_completed
             st.handshake_failures = peer.timer_handshake_attempts
+        runner = self.runner
+        if runner is not None:
+            io = runner.io_counters()
+            st.fastpath_faults = io["fastpath_faults"]
+            st.fastpath_off = bool(io["fastpath_off"])
+            st.internal_errors = io["internal_errors"]
+            st.last_fault = runner.last_fault()
         return st

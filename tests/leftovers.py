@@ -1,0 +1,176 @@
+"""A pytest plugin: the run fails if its tests left namespaces, links or processes behind.
+
+At the start of the session it notes the network namespaces and the links of the root
+namespace that exist, and puts ``WGPY_TEST_RUN=<id>`` into the environment, which every process
+the tests start inherits (daemons that detach included). At the end it looks for
+
+* processes carrying this run's id, other than pytest itself: they were started by the tests
+  and nobody stopped them;
+* network namespaces and root-namespace links (``wgpy*``/``wgt*``/``veth*``) that were not
+  there at the start. A namespace named by :class:`wgpy.testbed.Namespace` carries its
+  creator's PID; one whose creator is a live process of another run (a second developer's
+  suite on the same machine) is not ours and is left alone.
+
+It looks after each test module too (its module-scoped fixtures are gone by then), so that a
+leak is named with the module that made it. Whatever it finds it removes (processes by PID,
+SIGTERM then SIGKILL; namespaces and links with ``ip``), prints at the end of the run, and the
+run's exit status becomes 1 even if every test passed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+
+ENV = "WGPY_TEST_RUN"
+LINK_PATTERN = re.compile(r"^(wgpy|wgt|veth)")
+_CREATOR = re.compile(r"-(\d+)-[0-9a-f]+$")
+_state: dict[str, object] = {}
+
+
+def _ip(*args: str) -> list[str]:
+    try:
+        out = subprocess.run(
+            ["ip", *args], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return out.splitlines()
+
+
+def namespaces() -> set[str]:
+    return {line.split()[0] for line in _ip("netns", "list") if line.strip()}
+
+
+def links() -> set[str]:
+    names = set()
+    for line in _ip("-o", "link", "show"):
+        parts = line.split(": ", 2)
+        if len(parts) >= 2:
+            names.add(parts[1].split("@", 1)[0])
+    return {n for n in names if LINK_PATTERN.match(n)}
+
+
+def _environ(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return b""
+
+
+def processes_of_run(run_id: str) -> list[int]:
+    """PIDs of live processes whose environment carries ``WGPY_TEST_RUN=run_id``."""
+    marker = f"{ENV}={run_id}".encode()
+    me = os.getpid()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        if marker in _environ(int(entry.name)).split(b"\0"):
+            with contextlib.suppress(OSError):  # a zombie is already gone for our purpose
+                if (entry / "stat").read_text().split(") ", 1)[1][0] == "Z":
+                    continue
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return "?"
+
+
+def _foreign(ns: str, run_id: str) -> bool:
+    """A namespace whose creator (named in it) is a live process that is not of this run."""
+    m = _CREATOR.search(ns)
+    if m is None:
+        return False
+    pid = int(m.group(1))
+    if pid == os.getpid() or not Path(f"/proc/{pid}").exists():
+        return False
+    return f"{ENV}={run_id}".encode() not in _environ(pid).split(b"\0")
+
+
+def _stop(pids: Iterable[int]) -> None:
+    pids = list(pids)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while pids and time.monotonic() < deadline:
+        pids = [p for p in pids if Path(f"/proc/{p}").exists()]
+        time.sleep(0.05)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def find_leftovers(run_id: str, ns_before: set[str], links_before: set[str]) -> list[str]:
+    """Describe, then remove, what the run left behind."""
+    report = []
+    pids = processes_of_run(run_id)
+    for pid in pids:
+        report.append(f"process {pid}: {_cmdline(pid)}")
+    _stop(pids)
+    for ns in sorted(namespaces() - ns_before):
+        if _foreign(ns, run_id):
+            continue
+        report.append(f"network namespace {ns}")
+        _ip("netns", "del", ns)
+    for link in sorted(links() - links_before):
+        report.append(f"link {link}")
+        _ip("link", "del", link)
+    return report
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    del session
+    run_id = secrets.token_hex(6)
+    os.environ[ENV] = run_id
+    _state.update(run_id=run_id, ns=namespaces(), links=links(), found=[])
+
+
+def _check(where: str) -> None:
+    found: list[str] = _state["found"]  # type: ignore[assignment]
+    report = find_leftovers(
+        str(_state["run_id"]),
+        _state["ns"],  # type: ignore[arg-type]
+        _state["links"],  # type: ignore[arg-type]
+    )
+    found.extend(f"{r} (after {where})" for r in report)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):  # type: ignore[no-untyped-def]
+    yield
+    if "run_id" in _state and (nextitem is None or nextitem.path != item.path):
+        _check(item.nodeid.split("::", 1)[0])  # its module's fixtures are torn down now
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if "run_id" not in _state:
+        return
+    _check("the session")
+    report: list[str] = _state["found"]  # type: ignore[assignment]
+    if not report:
+        return
+    tr = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = ["", "LEFTOVERS: the tests left these behind (now removed); the run fails:"]
+    lines += [f"  {r}" for r in report]
+    if tr is not None:
+        for line in lines:
+            tr.write_line(line, red=True, bold=line.startswith("LEFTOVERS"))
+    else:
+        print("\n".join(lines))
+    if exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
