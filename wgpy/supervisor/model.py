@@ -39,7 +39,8 @@ class ForwardStats:
     bytes: int = 0
     errors: int = 0  # all failures, refusals included
     active: int = 0
-    refused: int = 0  # connections/flows refused because the forwarder's bound was reached
+    refused: int = 0  # connections/flows refused: the forwarder's or the client's bound reached
+    idle_closed: int = 0  # connections/flows closed after their idle timeout
 
 
 @dataclass(slots=True)
@@ -57,6 +58,8 @@ class TunnelStatus:
     fastpath_off: bool = False  # switched off after dense faults: the ordinary path runs
     internal_errors: int = 0
     last_fault: str = ""
+    dropped_not_for_vip: int = 0  # decrypted packets for another address (issue 15 point 5)
+    fenced: int = 0  # datagrams held back after the leadership's time was up
     # keyed by (port, protocol)
     forwards: dict[tuple[int, str], ForwardStats] = field(default_factory=dict)
 

@@ -316,6 +316,7 @@ class TunnelRuntime:
             st.tx_bytes = peer.tx_bytes
             st.handshakes = device.handshakes_completed
             st.handshake_failures = peer.timer_handshake_attempts
+            st.dropped_not_for_vip = device.drops.get("disallowed_destination", 0)
         runner = self.runner
         if runner is not None:
             io = runner.io_counters()
@@ -323,4 +324,5 @@ class TunnelRuntime:
             st.fastpath_off = bool(io["fastpath_off"])
             st.internal_errors = io["internal_errors"]
             st.last_fault = runner.last_fault()
+            st.fenced = io.get("fenced", 0)
         return st
