@@ -633,8 +633,17 @@ class FakeApiServer:
                 item = copy.deepcopy(o)
                 del item["kind"], item["apiVersion"]   # list items omit them, as real ones do
                 items.append(item)
+        meta: Obj = {"resourceVersion": str(self.rv)}
+        limit = int(query.get("limit") or 0)
+        start = int(query.get("continue") or 0)  # the offset (a real token is opaque)
+        if limit > 0:
+            if start:
+                items = items[start:]
+            if len(items) > limit:
+                items = items[:limit]
+                meta["continue"] = str(start + limit)
         return {"kind": f"{kind.kind}List", "apiVersion": kind.api_version,
-                "metadata": {"resourceVersion": str(self.rv)}, "items": items}
+                "metadata": meta, "items": items}
 
     def _check_meta(self, kind: Kind, ns: str, name: str | None, body: Obj) -> Obj:
         meta = body.setdefault("metadata", {}) or {}

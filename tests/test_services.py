@@ -298,8 +298,9 @@ def test_controller_status_write_refused_by_rbac_is_survived() -> None:
                 await c.set_tunnels(parse_tunnels(tunnels_yaml(VIP)))
                 await c.set_leader(True)
                 await wait_for(lambda: (80, "TCP") in sink.ports(VIP))
-                assert ("PUT", "/api/v1/namespaces/default/services/web/status", 403) in \
-                    srv.responses
+                # the rules are pushed before the status is written: wait for the refusal
+                await wait_for(lambda: ("PUT", "/api/v1/namespaces/default/services/web/status",
+                                        403) in srv.responses)
                 assert c.status_writes == 0
     run(main)
 
