@@ -221,6 +221,36 @@ async def controller(srv: FakeApiServer, sink: Sink, opts: ServiceOptions = OPTS
         await api.close()
 
 
+def svc_requests(srv: FakeApiServer) -> list[str]:
+    """The cluster-wide Service and EndpointSlice requests (not default/kubernetes)."""
+    return [r.path for r in srv.requests
+            if r.path in ("/api/v1/services", "/apis/discovery.k8s.io/v1/endpointslices")]
+
+
+def test_only_the_leader_watches_services_and_endpointslices() -> None:
+    """Issue 15 point 9: followers hold no cluster-wide watches; leading starts them, losing
+    the lead stops them and forgets their cache."""
+    async def main() -> None:
+        async with FakeApiServer(bookmark_interval=5) as srv:
+            srv.seed(svc("dns", DNS, ns="apps", ann={"kube-vip.io/loadbalancerIPs": VIP}))
+            srv.seed(eps("dns", [("10.1.0.1", True)], DNS_SLICE_PORTS, ns="apps"))
+            sink = Sink()
+            async with controller(srv, sink, ServiceOptions(cp_enable=False)) as c:
+                await c.set_tunnels(parse_tunnels(tunnels_yaml(VIP)))
+                await asyncio.sleep(0.3)
+                assert svc_requests(srv) == [] and sink.calls == []
+                await c.set_leader(True)
+                await wait_for(lambda: (53, "UDP") in sink.ports(VIP))
+                assert len(svc_requests(srv)) >= 2
+                await c.set_leader(False)
+                assert not c.services.synced.is_set() and c.services.cache == {}
+                n = len(svc_requests(srv))
+                await asyncio.sleep(0.3)
+                # no new LIST (open watch streams may still be logged as they end)
+                assert svc_requests(srv)[n:] == []
+    run(main)
+
+
 def status_puts(srv: FakeApiServer) -> list[str]:
     return [p for m, p, code in srv.responses if m == "PUT" and p.endswith("/status")
             and code == 200]
@@ -238,16 +268,19 @@ def test_controller_live_rules_status_only_as_leader_and_unchanged_not_rewritten
             sink = Sink()
             async with controller(srv, sink) as c:
                 await c.set_tunnels(parse_tunnels(tunnels_yaml(VIP)))
+                await wait_for(c.cp_slices.synced.is_set)
+                await asyncio.sleep(0.3)
+                assert status_puts(srv) == []          # follower: no writes...
+                assert svc_requests(srv) == []         # ...and no Service/slice watches
+                assert sink.calls == []
+                await c.set_leader(True)
                 await wait_for(lambda: len(sink.ports(VIP)) == 3)
                 assert sink.ports(VIP) == {
                     (53, "UDP"): {Target("10.1.0.1", 5353)},
                     (80, "TCP"): {Target("10.1.0.1", 8080)},
                     (6443, "TCP"): {Target("192.168.1.10", 6443)}}
-                n_calls = len(sink.calls)
-                await asyncio.sleep(0.3)
-                assert status_puts(srv) == []          # follower: no writes
-                await c.set_leader(True)
                 await wait_for(lambda: len(status_puts(srv)) == 1)
+                n_calls = len(sink.calls)
                 stored = srv.get("services", "apps", "dns")
                 assert stored is not None
                 assert stored["status"]["loadBalancer"]["ingress"] == desired_ingress(

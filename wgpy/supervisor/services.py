@@ -26,6 +26,7 @@ Rules, from kube-vip's WireGuard path (docs kube-vip-wireguard.md §6, §7), wit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import ipaddress
 import logging
@@ -257,7 +258,13 @@ class RuleSink(Protocol):
 
 
 class ServiceController:
-    """Watch Services and EndpointSlices; push rules per VIP; write Service status as leader."""
+    """Watch Services and EndpointSlices; push rules per VIP; write Service status as leader.
+
+    Only the leader watches Services and EndpointSlices (cluster-wide, or ``svc_namespace``):
+    N followers holding N cluster-wide watches would load the API server for nothing. A new
+    leader lists them first (one LIST, a fraction of a second) and then pushes its rules; the
+    small ``default/kubernetes`` watch for the control plane runs on every node.
+    """
 
     def __init__(self, api: Any, sink: RuleSink, opts: ServiceOptions,
                  *, backoff: Backoff | None = None) -> None:
@@ -276,6 +283,8 @@ class ServiceController:
         self.status_writes = 0
         self.problem: str | None = None  # a configuration that cannot be served (see /readyz)
         self.reflectors: list[Reflector] = []
+        self._leader_only: list[Reflector] = []  # run while leading (Services, slices)
+        self._leader_task: asyncio.Future[Any] | None = None
         kw: dict[str, Any] = {"on_change": self._changed, "on_synced": self.reconcile}
         if opts.svc_enable:
             if opts.namespace:
@@ -291,6 +300,7 @@ class ServiceController:
             self.slices = Reflector("endpointslices", *sl_call, label_selector=SERVICE_NAME_LABEL,
                                     backoff=backoff, **kw)
             self.reflectors += [self.services, self.slices]
+            self._leader_only = [self.services, self.slices]
         if opts.cp_enable:
             self.cp_slices = Reflector(
                 "controlplane", self._disc.list_namespaced_endpoint_slice_without_preload_content,
@@ -299,8 +309,25 @@ class ServiceController:
             self.reflectors.append(self.cp_slices)
 
     async def run(self) -> None:
-        """Run the reflectors until cancelled."""
-        await asyncio.gather(*(r.run() for r in self.reflectors))
+        """Run the reflectors every node needs until cancelled (the leader's own ones run
+        between :meth:`set_leader` calls)."""
+        try:
+            await asyncio.gather(*(r.run() for r in self.reflectors
+                                   if r not in self._leader_only))
+            await asyncio.Event().wait()  # nothing to run on every node: wait for cancel
+        finally:
+            await self._stop_leader_watches()
+
+    async def _stop_leader_watches(self) -> None:
+        task, self._leader_task = self._leader_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for r in self._leader_only:  # a stale cache must not serve the next term
+            r.cache.clear()
+            r.synced.clear()
+            r.resource_version = ""
 
     async def set_tunnels(self, tunnels: Mapping[str, Tunnel]) -> None:
         self._vips = {str(t.vip.ip) for t in tunnels.values()}
@@ -309,7 +336,12 @@ class ServiceController:
     async def set_leader(self, leader: bool) -> None:
         self._leader = leader
         if leader:
+            if self._leader_only and self._leader_task is None:
+                self._leader_task = asyncio.ensure_future(
+                    asyncio.gather(*(r.run() for r in self._leader_only)))
             await self.reconcile()
+        else:
+            await self._stop_leader_watches()
 
     @property
     def rules(self) -> RuleMap:
@@ -322,8 +354,19 @@ class ServiceController:
     async def reconcile(self) -> None:
         """Recompute everything from the caches; push only what changed."""
         async with self._lock:
+            problem = cp_vip_problem(self.opts, self._vips)  # every node says so
+            if problem != self.problem:
+                self.problem = problem
+                if problem:
+                    log.error("%s", problem)
+                report = getattr(self._sink, "set_problem", None)
+                result = report("vip_address", problem) if report is not None else None
+                if inspect.isawaitable(result):
+                    await result
             if not all(r.synced.is_set() for r in self.reflectors):
-                return  # a partial view would tear down rules that are still valid
+                # A partial view would tear down rules that are still valid; a follower
+                # (no Service watches) keeps what it has until it leads and has listed.
+                return
             services = list(self.services.cache.values()) if self.opts.svc_enable else []
             slices = list(self.slices.cache.values()) if self.opts.svc_enable else []
             cp: tuple[Target, ...] = ()
@@ -334,15 +377,6 @@ class ServiceController:
                                 len(self._cp_last))
                     cp = self._cp_last
                 self._cp_last = cp
-            problem = cp_vip_problem(self.opts, self._vips)
-            if problem != self.problem:
-                self.problem = problem
-                if problem:
-                    log.error("%s", problem)
-                report = getattr(self._sink, "set_problem", None)
-                result = report("vip_address", problem) if report is not None else None
-                if inspect.isawaitable(result):
-                    await result
             wanted = compute_rules(services, slices, cp, self._vips, self.opts)
             for vip in sorted(set(wanted) | set(self._applied)):
                 rules = wanted.get(vip, ())
