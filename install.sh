@@ -22,6 +22,10 @@ fi
 # moves them); then wgpy itself, editable, built by the locked setuptools.
 .venv/bin/python -m pip install -q --disable-pip-version-check --require-hashes \
   -r requirements/test.lock
-.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
-  -e .
+# (setuptools warns about every editable build: shown only if the build fails)
+if ! log=$(.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
+  --no-build-isolation -e . 2>&1); then
+  echo "$log" >&2
+  exit 1
+fi
 echo "wgpy installed in $(pwd)/.venv"

@@ -7,9 +7,11 @@ the tests start inherits (daemons that detach included). At the end it looks for
 * processes carrying this run's id, other than pytest itself: they were started by the tests
   and nobody stopped them;
 * network namespaces and root-namespace links (``wgpy*``/``wgt*``/``veth*``) that were not
-  there at the start. A namespace named by :class:`wgpy.testbed.Namespace` carries its
-  creator's PID; one whose creator is a live process of another run (a second developer's
-  suite on the same machine) is not ours and is left alone.
+  there at the start. In CI (``CI=true``) the machine is the run's alone, so every new one is
+  the tests'. On a developer's machine another suite may be running beside this one, so only
+  namespaces whose name carries the PID of pytest or of one of this run's processes (the
+  ``{prefix}-{pid}-{hex}`` names of :class:`wgpy.testbed.Namespace`) are counted and removed,
+  and links are not checked: another run's namespaces and links are never touched.
 
 It looks after each test module too (its module-scoped fixtures are gone by then), so that a
 leak is named with the module that made it. Whatever it finds it removes (processes by PID,
@@ -90,15 +92,17 @@ def _cmdline(pid: int) -> str:
         return "?"
 
 
-def _foreign(ns: str, run_id: str) -> bool:
-    """A namespace whose creator (named in it) is a live process that is not of this run."""
+def _exclusive() -> bool:
+    """Whether this machine runs nothing but this test run (CI)."""
+    return os.environ.get("CI") == "true"
+
+
+def _ours(ns: str, pids: set[int]) -> bool:
+    """A namespace this run made: any new one in CI, else one named with one of ``pids``."""
+    if _exclusive():
+        return True
     m = _CREATOR.search(ns)
-    if m is None:
-        return False
-    pid = int(m.group(1))
-    if pid == os.getpid() or not Path(f"/proc/{pid}").exists():
-        return False
-    return f"{ENV}={run_id}".encode() not in _environ(pid).split(b"\0")
+    return m is not None and int(m.group(1)) in pids
 
 
 def _stop(pids: Iterable[int]) -> None:
@@ -122,14 +126,16 @@ def find_leftovers(run_id: str, ns_before: set[str], links_before: set[str]) -> 
     for pid in pids:
         report.append(f"process {pid}: {_cmdline(pid)}")
     _stop(pids)
+    seen: set[int] = _state.setdefault("pids", {os.getpid()})  # type: ignore[assignment]
+    seen.update(pids)
     for ns in sorted(namespaces() - ns_before):
-        if _foreign(ns, run_id):
-            continue
-        report.append(f"network namespace {ns}")
-        _ip("netns", "del", ns)
-    for link in sorted(links() - links_before):
-        report.append(f"link {link}")
-        _ip("link", "del", link)
+        if _ours(ns, seen):
+            report.append(f"network namespace {ns}")
+            _ip("netns", "del", ns)
+    if _exclusive():
+        for link in sorted(links() - links_before):
+            report.append(f"link {link}")
+            _ip("link", "del", link)
     return report
 
 

@@ -108,3 +108,21 @@ def test_a_leaked_namespace_fails_the_run_and_is_removed(tmp_path: Path) -> None
     name = (tmp_path / "ns").read_text()
     assert r.returncode == 1 and f"network namespace {name}" in r.stdout, r.stdout
     assert name not in namespaces()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (ip netns add)")
+def test_another_runs_namespace_is_left_alone_off_ci(tmp_path: Path) -> None:
+    """Off CI another suite may run beside this one: a new namespace named for a process
+    that is not of this run is neither counted nor removed."""
+    name = f"wgpyother-1-{secrets.token_hex(3)}"  # PID 1: never a process of the run
+    leak = (
+        "import subprocess\n"
+        "def test_makes_a_namespace_like_another_run():\n"
+        f"    subprocess.run(['ip', 'netns', 'add', '{name}'], check=True)\n"
+    )
+    try:
+        r = run_suite(tmp_path, {"test_other.py": leak})
+        assert r.returncode == 0 and "LEFTOVERS" not in r.stdout, r.stdout
+        assert name in namespaces()
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)

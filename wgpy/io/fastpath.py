@@ -100,7 +100,7 @@ log = logging.getLogger(__name__)
 
 
 class FastPath:
-    """Batched in-place data plane for one ``Device``, its TUN and its UDP bind.
+    """Batched data plane for one ``Device``, its TUN and its UDP bind.
 
     ``send_errors`` / ``tun_write_errors`` count datagrams and packets the OS refused (dropped,
     as the ordinary path does). ``gso`` turns off by itself when the kernel refuses a GSO send.

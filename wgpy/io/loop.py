@@ -4,8 +4,8 @@ One thread, one epoll loop (:class:`Poller`): TUN readable → ``receive_tun_pac
 packet queued; UDP readable → ``receive_datagram`` for every datagram queued; UAPI → get/set;
 then the outputs are flushed and one timer is re-armed at ``device.get_timer()``. Unless
 ``fast_path=False`` (or ``WGPY_FASTPATH=0``), TUN and UDP reads go through
-:class:`~wgpy.io.fastpath.FastPath`: batched, in place, UDP GSO/GRO, handing the CPU over
-after the first send of a wake-up (``WGPY_HAND_OVER=0`` turns that off). Once a
+:class:`~wgpy.io.fastpath.FastPath`: batched, into preallocated buffers, UDP GSO/GRO, handing
+the CPU over after the first send of a wake-up (``WGPY_HAND_OVER=0`` turns that off). Once a
 second it checks that the TUN and the UAPI socket file still exist, and exits when either is
 gone (``ip link del``, ``wg-quick down``), as wireguard-go does.
 """
