@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(python3 python3-venv python3-dev gcc iproute2 iputils-ping util-linux wireguard-go wireguard-tools iperf3 tcpdump procps kmod nftables)
+pkgs=(python3 python3-venv python3-dev gcc iproute2 iputils-ping util-linux wireguard-go wireguard-tools iperf3 tcpdump tshark procps kmod nftables)
 # kubectl (Debian: kubernetes-client) for the deploy/ dry-run tests; an existing kubectl from
 # another package (e.g. the Cloud SDK's) is kept, as installing over it would conflict
 command -v kubectl >/dev/null 2>&1 || pkgs+=(kubernetes-client)

@@ -8,6 +8,10 @@ rejected-Secret Events the fake API received), ``/metrics``, ``/readyz``, ``/hea
 ``wgpy-userspace -f`` at ``LOG_LEVEL=debug`` during handshakes, UAPI error replies to requests
 that carry keys, ``wgpy show``, ``wgpy up`` on broken configs, and ``wgpy demo``.
 Public keys may appear; only secrets are searched for.
+
+Key logs (``WGPY_KEYLOG`` for ``wgpy-userspace``, ``--keylog`` for a supervisor tunnel) are on
+in the device and embedded-mode runs: every key they hold (static, preshared, and the ephemeral
+and transport keys that exist nowhere else) must be in that file, mode 0600, and in no output.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import base64
 import logging
 import os
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -63,6 +68,22 @@ def forms(raw: bytes) -> dict[str, bytes]:
         "bytes repr": repr(raw)[2:-1].encode(),
         "raw bytes": raw,
     }
+
+
+def audit_key_log(a: Audit, path: Path, must_hold: dict[str, bytes]) -> int:
+    """Check a device's key log (0600, holds ``must_hold``) and add every key in it to the
+    secrets of ``a``; returns the number of sessions it records."""
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    text = path.read_text()
+    for name, key in must_hold.items():
+        assert base64.b64encode(key).decode() in text, f"{name} not in the key log"
+    sessions = 0
+    for n, line in enumerate(text.splitlines()):
+        if line.startswith("REMOTE_STATIC_PUBLIC_KEY"):
+            continue  # public
+        sessions += line.startswith("LOCAL_EPHEMERAL_PRIVATE_KEY")
+        a.secret(f"key log line {n + 1} ({line.split()[0]})", line.split()[-1])
+    return sessions
 
 
 class Audit:
@@ -252,7 +273,9 @@ def test_embedded_supervisors_emit_no_key(scenario: Scenario) -> None:
     a = Audit()
     a.secret("cluster private key", sc.wg0.cluster_private)
     a.secret("VPN node private key", sc.wg0.vpn_private)
-    args = {"a": ["--log-level", "debug", "--log-format", "text", "--http-port", "2112"],
+    keylog = sc.file.parent / "a-wg0.keys"
+    args = {"a": ["--log-level", "debug", "--log-format", "text", "--http-port", "2112",
+                  "--keylog", f"wg0={keylog}"],
             "b": ["--log-level", "debug", "--log-format", "json", "--http-port", "2112"]}
     spec = sc.wg0.spec(forward=FORWARD)
     sc.write(tunnels_yaml({"wg0": spec}))
@@ -280,6 +303,9 @@ def test_embedded_supervisors_emit_no_key(scenario: Scenario) -> None:
         a.add(f"{node} log", sc.log(node))
     assert '"level": "DEBUG"' in sc.log("b") or '"level": "INFO"' in sc.log("b")
     assert "accessible by others" in sc.log("a")
+    assert sc.log("a").count("writing secret session keys") == 1
+    assert audit_key_log(a, keylog, {"cluster private key": base64.b64decode(
+        sc.wg0.cluster_private)}) >= 1
     a.check()
 
 
@@ -304,7 +330,8 @@ def _uapi(path: str, request: str) -> bytes:
 @needs_root
 def test_userspace_device_and_cli_emit_no_key(tmp_path: Path) -> None:
     a = Audit()
-    env = {"LOG_LEVEL": "debug", "PYTHONPATH": str(ROOT)}
+    keylog = tmp_path / "wgpy.keys"  # only wgpy reads WGPY_KEYLOG; wireguard-go ignores it
+    env = {"LOG_LEVEL": "debug", "PYTHONPATH": str(ROOT), "WGPY_KEYLOG": str(keylog)}
     priv_a, priv_b = generate_private_key(), generate_private_key()
     psk = generate_private_key()  # any 32 random bytes
     a.secret("wgpy private key", priv_a)
@@ -346,6 +373,9 @@ def test_userspace_device_and_cli_emit_no_key(tmp_path: Path) -> None:
         a.add("wgpy-userspace -f output", wg_a.output())
         a.add("wireguard-go -f output", wg_b.output())
         assert wg_a.output().strip(), "no debug output to audit"
+        assert wg_a.output().count("writing secret session keys") == 1
+        assert "writing secret" not in wg_b.output()
+    assert audit_key_log(a, keylog, {"wgpy private key": priv_a, "preshared key": psk}) >= 1
 
     # wgpy up on broken configs, in a namespace of its own (nothing can reach the host)
     b64 = to_base64(priv_a)

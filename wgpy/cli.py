@@ -48,7 +48,7 @@ COMMANDS: list[Command] = [
     Command("up", "wgpy.quick:up_main", "bring up an interface from a wg-quick config file"),
     Command("down", "wgpy.quick:down_main", "take down an interface brought up by `wgpy up`"),
     Command("conformance", "wgpy.harness.conformance:main", "run protocol checks on a target"),
-    Command("decode", "wgpy.harness.decode:main", "decode (and decrypt) WireGuard in a pcap"),
+    Command("decode", "wgpy.harness.decode:main", "decode (and decrypt) WireGuard in a capture"),
     Command("allowed-ips", "wgpy.allowedips_calc:main", "AllowedIPs as minimal CIDRs"),
     Command("supervisor", "wgpy.supervisor.main:main", "hold a VIP over WireGuard (kube-vip mode)"),
     Command("demo", "wgpy.demo:main", "failover demo in network namespaces (needs root)"),

@@ -15,6 +15,12 @@ and ``tun_packets_to_write()`` (decrypted IP packets for the TUN), then re-arm o
 ``last_handshake_time``; it comes from the injected ``wall_time_ns`` callable, never from
 ``now``.
 
+Key logging is opt-in and does no I/O here: a device given a ``key_log_sink`` calls it with a
+:class:`~wgpy.keypair.SessionSecrets` each time a session's keys are derived (as initiator
+once the response is consumed, as responder once the response is built), after the state is
+committed and before any transport message on the new keys. The I/O layer's sink writes the
+lines (``wgpy.io.keylog``); it must not raise.
+
 Remote input never raises: anything malformed, unauthenticated, replayed, rate-limited or
 unknown is dropped and counted in ``drops`` by reason. Sessions and peers change only after a
 message authenticated. Local misuse (bad key length, unknown peer) raises.
@@ -51,7 +57,7 @@ from wgpy.constants import (
     ZERO_KEY_MATERIAL_AFTER,
 )
 from wgpy.errors import CapacityError, ConfigError
-from wgpy.keypair import Keypair
+from wgpy.keypair import Keypair, SessionSecrets
 from wgpy.peer import Endpoint, Peer, timer_deadlines
 from wgpy.ratelimiter import RateLimiter
 
@@ -72,6 +78,7 @@ class Device:
         max_peers: int = MAX_PEERS,
         max_allowed_ips: int = MAX_ALLOWED_IPS,
         under_load_rate: int = UNDER_LOAD_RATE,
+        key_log_sink: Callable[[SessionSecrets], None] | None = None,
     ) -> None:
         self.wall_time_ns = wall_time_ns
         self.rng = rng
@@ -80,6 +87,7 @@ class Device:
         self.max_peers = max_peers
         self.max_allowed_ips = max_allowed_ips
         self.under_load_rate = under_load_rate
+        self.key_log_sink = key_log_sink
         self.static: StaticKeys | None = None
         self.cookie_checker: CookieChecker | None = None
         self.listen_port = 0

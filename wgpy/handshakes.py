@@ -26,7 +26,7 @@ from noise.handshake import (
 )
 from wgpy import messages
 from wgpy.constants import REKEY_TIMEOUT, UNDER_LOAD_STICKY
-from wgpy.keypair import Keypair
+from wgpy.keypair import Keypair, SessionSecrets
 from wgpy.peer import Endpoint, Peer
 
 if TYPE_CHECKING:
@@ -145,7 +145,7 @@ def send_response(dev: Device, peer: Peer, *, now: float) -> None:
         index, peer.handshake.remote_index, fields.ephemeral, fields.encrypted_nothing
     )
     peer.cookie_generator.add_macs(msg, now=now)
-    keypair = Keypair(derive_keys(peer.handshake), now=now)
+    keypair, logged = new_session(dev, peer, now=now)
     dev.index_table[index] = (peer, keypair)
     # responder: the new keypair waits in `next` until the initiator confirms it
     dev._free_keypair(peer.next)
@@ -156,7 +156,31 @@ def send_response(dev: Device, peer: Peer, *, now: float) -> None:
     peer.timers_session_derived(now=now)
     peer.timers_any_authenticated_packet_traversal(now=now)
     peer.timers_any_authenticated_packet_sent()
+    if logged is not None and dev.key_log_sink is not None:
+        dev.key_log_sink(logged)
     dev._send(peer, bytes(msg))
+
+
+def new_session(dev: Device, peer: Peer, *, now: float) -> tuple[Keypair, SessionSecrets | None]:
+    """The keypair of ``peer``'s finished handshake, and (only when the device has a
+    ``key_log_sink``) its secrets, taken before deriving the keys zeroes the handshake."""
+    hs = peer.handshake
+    ephemeral = hs.local_ephemeral
+    keys = derive_keys(hs)
+    logged = None
+    if dev.key_log_sink is not None and dev.static is not None:
+        logged = SessionSecrets(
+            local_static_private=dev.static.private,
+            remote_static_public=hs.remote_static,
+            local_ephemeral_private=ephemeral,
+            preshared_key=hs.preshared_key,
+            is_initiator=keys.is_initiator,
+            local_index=keys.local_index,
+            remote_index=keys.remote_index,
+            send_key=keys.send,
+            receive_key=keys.receive,
+        )
+    return Keypair(keys, now=now), logged
 
 
 def receive_response(dev: Device, data: bytes, addr: Endpoint, *, now: float) -> None:
@@ -182,7 +206,7 @@ def receive_response(dev: Device, data: bytes, addr: Endpoint, *, now: float) ->
     except NoiseError as e:
         dev._drop(e.reason)
         return
-    keypair = Keypair(derive_keys(peer.handshake), now=now)
+    keypair, logged = new_session(dev, peer, now=now)
     dev.index_table[keypair.local_index] = (peer, keypair)
     if peer.next is not None:
         old_previous = peer.previous
@@ -201,6 +225,8 @@ def receive_response(dev: Device, data: bytes, addr: Endpoint, *, now: float) ->
     peer.timers_any_authenticated_packet_received(now=now)
     peer.timers_session_derived(now=now)
     peer.timers_handshake_complete(wall_ns=dev.wall_time_ns())
+    if logged is not None and dev.key_log_sink is not None:
+        dev.key_log_sink(logged)  # before the first transport message that uses the keys
     if peer.staged:
         dev._flush_staged(peer, now=now)
     else:

@@ -9,6 +9,12 @@ returns only once both exist, so ``wg-quick`` can configure it right away:
 ``LOG_LEVEL`` is ``verbose``/``debug``, ``error`` or ``silent`` (default ``error``) as for
 wireguard-go; in the background, logs go to ``WGPY_LOG_FILE`` if set, else nowhere.
 ``WGPY_TUN_DEVICE`` names the TUN clone device (default ``/dev/net/tun``).
+
+``WGPY_KEYLOG=PATH`` (debugging only) appends every session's secrets to PATH in Wireshark's
+key log format plus ``TRANSPORT_KEY`` lines (:mod:`wgpy.io.keylog`), so that a capture of this
+interface can be decrypted by ``tshark -o wg.keylog_file:PATH`` or ``wgpy decode --keylog
+PATH``. The file is created 0600; a symlink, or a file that others can read, is refused and the
+interface is not created. One warning goes to stderr at start, whatever ``LOG_LEVEL`` says.
 """
 
 from __future__ import annotations
@@ -87,9 +93,18 @@ def run(ifname: str, *, foreground: bool, socket_dir: str = SOCKET_DIR) -> int:
     from wgpy.device import Device
     from wgpy.errors import WgpyError
     from wgpy.io import gro
+    from wgpy.io.keylog import KEYLOG_ENV, KeyLogRefused, KeyLogWriter, device_sink, warning_text
     from wgpy.io.loop import DeviceRunner, interface_exists
     from wgpy.io.uapi_server import UapiServer, listen, socket_path
 
+    keylog: KeyLogWriter | None = None
+    if os.environ.get(KEYLOG_ENV):
+        try:
+            keylog = KeyLogWriter(os.environ[KEYLOG_ENV])
+        except KeyLogRefused as e:
+            print(f"wgpy-userspace: {KEYLOG_ENV}: {e}", file=sys.stderr)
+            return 1
+        print(f"wgpy-userspace: warning: {ifname}: {warning_text(keylog.path)}", file=sys.stderr)
     try:
         tun = LinuxTun(
             ifname,
@@ -108,7 +123,10 @@ def run(ifname: str, *, foreground: bool, socket_dir: str = SOCKET_DIR) -> int:
         tun.close()
         print(f"wgpy-userspace: {e}", file=sys.stderr)
         return 1
-    device = Device(wall_time_ns=time.time_ns)
+    device = Device(
+        wall_time_ns=time.time_ns,
+        key_log_sink=device_sink(keylog, ifname) if keylog is not None else None,
+    )
 
     def factory(r: DeviceRunner) -> UapiServer:
         def forget(sock: socket.socket) -> None:

@@ -1,9 +1,13 @@
-"""``wgpy decode``: print the WireGuard traffic of a pcap, decrypting what the keys allow.
+"""``wgpy decode``: print the WireGuard traffic of a capture, decrypting what the keys allow.
 
 Usage::
 
-    wgpy decode CAPTURE.pcap [--key-file FILE] [--key PRIVKEY_B64]... [--keylog FILE]
-                             [--psk PSK_B64]... [--port N]
+    wgpy decode CAPTURE [--key-file FILE] [--key PRIVKEY_B64]... [--keylog FILE]...
+                        [--psk PSK_B64]... [--port N]
+
+``CAPTURE`` is a classic pcap or a pcapng file, or ``-`` for standard input (events are then
+printed as they are decoded). Key log lines of a kind not known here are skipped with one
+warning per kind, as Wireshark skips them.
 
 What each key opens (protocol doc §3):
 
@@ -29,8 +33,9 @@ import base64
 import binascii
 import datetime as dt
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from noise import crypto, tai64n
 from noise.cookie import cookie_key, mac1_key
@@ -38,8 +43,10 @@ from noise.errors import NoiseError
 from noise.handshake import C0, H0
 from wgpy import messages
 from wgpy.harness import packets
-from wgpy.harness.keylog import KeyLog, KeyLogError, parse_keylog
-from wgpy.harness.pcap import PcapError, UdpDatagram, read_udp
+from wgpy.harness.capture import STDIN, open_capture, read_udp
+from wgpy.harness.keylog import KeyLog, parse_keylog
+from wgpy.harness.pcap import PcapError, UdpDatagram
+from wgpy.harness.pcapng import SECRETS_WIREGUARD
 
 
 def short_key(public: bytes) -> str:
@@ -83,14 +90,24 @@ class Decoder:
         keylog: KeyLog | None = None,
         psks: Sequence[bytes] = (),
     ) -> None:
-        log = keylog or KeyLog()
-        self.statics = {crypto.public_key(k): k for k in [*static_private, *log.static_private]}
-        self.publics = set(self.statics) | set(log.remote_public)
-        self.ephemerals = {crypto.public_key(k): k for k in log.ephemeral_private}
-        self.psks = [crypto.ZERO_KEY, *log.preshared, *psks]
-        self.transport_keys: dict[int, bytes] = dict(log.transport)
+        self.statics = {crypto.public_key(k): k for k in static_private}
+        self.publics = set(self.statics)
+        self.ephemerals: dict[bytes, bytes] = {}
+        self.psks = [crypto.ZERO_KEY, *psks]
+        self.transport_keys: dict[int, bytes] = {}
         self.handshakes: dict[int, _Handshake] = {}
         self.mac1_by_index: dict[int, tuple[bytes, bytes | None]] = {}
+        if keylog is not None:
+            self.add_keylog(keylog)
+
+    def add_keylog(self, log: KeyLog) -> None:
+        """Learn more keys (several key logs, or one read in pieces); used from the next
+        datagram on."""
+        self.statics.update((crypto.public_key(k), k) for k in log.static_private)
+        self.publics |= set(self.statics) | set(log.remote_public)
+        self.ephemerals.update((crypto.public_key(k), k) for k in log.ephemeral_private)
+        self.psks += [k for k in log.preshared if k not in self.psks]
+        self.transport_keys.update(log.transport)
 
     # --- handshake messages ---------------------------------------------------------------------
 
@@ -233,16 +250,27 @@ def format_event(ev: Event) -> str:
     return f"{when} {_endpoint(d.src, d.sport)} → {_endpoint(d.dst, d.dport)} {ev.text}"
 
 
+def decode_stream(f: BinaryIO, decoder: Decoder, *, port: int | None = None) -> Iterator[Event]:
+    """Decode a capture stream (pcap or pcapng) as it is read: one event per WireGuard
+    datagram, in capture order. WireGuard key logs embedded in a pcapng file (Decryption
+    Secrets Blocks) are used from where they appear."""
+
+    def secrets(kind: int, data: bytes) -> None:
+        if kind == SECRETS_WIREGUARD:
+            decoder.add_keylog(parse_keylog(data.decode("ascii", errors="replace")))
+
+    for d in read_udp(f, on_secrets=secrets):
+        if port is not None and port not in (d.sport, d.dport):
+            continue
+        ev = decoder.feed(d)
+        if ev is not None:
+            yield ev
+
+
 def decode_file(path: str, decoder: Decoder, *, port: int | None = None) -> list[Event]:
-    with open(path, "rb") as f:
-        out = []
-        for d in read_udp(f):
-            if port is not None and port not in (d.sport, d.dport):
-                continue
-            ev = decoder.feed(d)
-            if ev is not None:
-                out.append(ev)
-        return out
+    """Every event of the capture at ``path`` (``-``: standard input)."""
+    with open_capture(path) as f:
+        return list(decode_stream(f, decoder, port=port))
 
 
 def _key(text: str) -> bytes:
@@ -255,36 +283,48 @@ def _key(text: str) -> bytes:
     return key
 
 
+def _read_keylog(path: str, prog: str) -> KeyLog:
+    with open(path, encoding="ascii", errors="replace") as f:
+        log = parse_keylog(f.read())
+    for warning in log.warnings(path):
+        print(f"{prog}: warning: {warning}", file=sys.stderr)
+    return log
+
+
 def main(argv: list[str], prog: str = "wgpy decode") -> int:
     """Entry point of ``wgpy decode`` (see the module docstring)."""
-    p = argparse.ArgumentParser(prog=prog, description="Decode WireGuard traffic in a pcap.")
-    p.add_argument("capture", help="a classic pcap file (tcpdump -w)")
+    p = argparse.ArgumentParser(prog=prog, description="Decode WireGuard traffic in a capture.")
+    p.add_argument("capture", help="a pcap or pcapng file (tcpdump -w, dumpcap), or - for stdin")
     p.add_argument("--key", action="append", default=[], help="a static private key (base64)")
     p.add_argument("--key-file", action="append", default=[], help="file of private keys")
-    p.add_argument("--keylog", help="key log (Wireshark lines and TRANSPORT_KEY lines)")
+    p.add_argument(
+        "--keylog",
+        action="append",
+        default=[],
+        help="key log (Wireshark lines and TRANSPORT_KEY lines); may be repeated",
+    )
     p.add_argument("--psk", action="append", default=[], help="a preshared key (base64)")
     p.add_argument("--port", type=int, help="only datagrams to or from this UDP port")
     args = p.parse_args(argv)
+    kinds: dict[str, int] = {}
     try:
         keys = [_key(k) for k in args.key]
         for path in args.key_file:
             with open(path, encoding="ascii") as f:
                 keys += [_key(line) for line in f if line.strip()]
-        psks = [_key(k) for k in args.psk]
-        log = None
-        if args.keylog:
-            with open(args.keylog, encoding="ascii") as f:
-                log = parse_keylog(f.read())
-        events = decode_file(args.capture, Decoder(keys, log, psks), port=args.port)
-    except (OSError, ValueError, KeyLogError, PcapError) as e:
+        decoder = Decoder(keys, None, [_key(k) for k in args.psk])
+        for path in args.keylog:
+            decoder.add_keylog(_read_keylog(path, prog))
+        live = args.capture == STDIN
+        with open_capture(args.capture) as f:
+            for ev in decode_stream(f, decoder, port=args.port):
+                kinds[ev.kind] = kinds.get(ev.kind, 0) + 1
+                print(format_event(ev), flush=live)
+    except (OSError, PcapError, ValueError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 1
-    for ev in events:
-        print(format_event(ev))
-    kinds = {
-        k: sum(1 for e in events if e.kind == k) for k in dict.fromkeys(e.kind for e in events)
-    }
-    print(f"{len(events)} WireGuard messages: " + ", ".join(f"{n} {k}" for k, n in kinds.items()))
+    total = sum(kinds.values())
+    print(f"{total} WireGuard messages: " + ", ".join(f"{n} {k}" for k, n in kinds.items()))
     return 0
 
 

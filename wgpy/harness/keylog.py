@@ -1,18 +1,15 @@
-"""Key log files: what lets ``wgpy decode`` decrypt a capture it could not decrypt otherwise.
+"""Reading key logs for ``wgpy decode``, and the scripted peer's writer.
 
-A capture never holds ephemeral private keys, so transport keys cannot be derived from static
-keys alone. The scripted peer therefore appends to a key log when asked (``keylog=PATH`` or the
-``WGPY_KEYLOG`` environment variable). Two kinds of line, one per line, ``#`` starts a comment:
+The format and the writer are in :mod:`wgpy.io.keylog` (devices write the same lines). A capture
+never holds ephemeral private keys, so transport keys cannot be derived from static keys alone;
+the scripted peer therefore appends to a key log when asked (``keylog=PATH`` or the
+``WGPY_KEYLOG`` environment variable).
 
-* Wireshark's WireGuard key log lines (the format of wireguard-tools'
-  ``contrib/extract-handshakes``), ``NAME = BASE64``, with ``NAME`` one of
-  ``LOCAL_STATIC_PRIVATE_KEY``, ``REMOTE_STATIC_PUBLIC_KEY``, ``LOCAL_EPHEMERAL_PRIVATE_KEY``,
-  ``PRESHARED_KEY``. With them the decoder re-runs the handshake it sees in the capture.
-* ``TRANSPORT_KEY 0xINDEX BASE64``: the ChaCha20-Poly1305 key of transport messages whose
-  receiver_index field (read as a little-endian u32, printed in hex) is ``INDEX``. Enough to
-  decrypt transport data even when the handshake is not in the capture.
-
-The file holds secrets: it is created with mode 0600, and nothing here prints its contents.
+Reading is lenient, as Wireshark's is: a line of a kind we do not know (another tool's key log
+lines, a future line kind) or a known line that does not parse is skipped, and the
+:class:`KeyLog` says which kinds were skipped on which lines, so that the caller can warn once
+per kind. A kind is named only when it looks like a keyword, never with a line's text, which
+may be a key.
 """
 
 from __future__ import annotations
@@ -20,53 +17,12 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 from dataclasses import dataclass, field
 
-KEYLOG_ENV = "WGPY_KEYLOG"
-WIRESHARK_NAMES = (
-    "LOCAL_STATIC_PRIVATE_KEY",
-    "REMOTE_STATIC_PUBLIC_KEY",
-    "LOCAL_EPHEMERAL_PRIVATE_KEY",
-    "PRESHARED_KEY",
-)
+from wgpy.io.keylog import KEYLOG_ENV, TRANSPORT_NAME, WIRESHARK_NAMES, KeyLogWriter
 
-
-def _b64(key: bytes) -> str:
-    return base64.b64encode(key).decode("ascii")
-
-
-class KeyLogWriter:
-    """Appends key log lines to a file (mode 0600), flushing after each record."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def _append(self, lines: list[str]) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "a", encoding="ascii") as f:
-            f.write("".join(line + "\n" for line in lines))
-
-    def handshake(
-        self,
-        *,
-        local_static_private: bytes,
-        remote_static_public: bytes,
-        local_ephemeral_private: bytes,
-        preshared_key: bytes | None,
-    ) -> None:
-        """One handshake's keys in Wireshark's format."""
-        lines = [
-            f"LOCAL_STATIC_PRIVATE_KEY = {_b64(local_static_private)}",
-            f"REMOTE_STATIC_PUBLIC_KEY = {_b64(remote_static_public)}",
-            f"LOCAL_EPHEMERAL_PRIVATE_KEY = {_b64(local_ephemeral_private)}",
-        ]
-        if preshared_key is not None:
-            lines.append(f"PRESHARED_KEY = {_b64(preshared_key)}")
-        self._append(lines)
-
-    def transport(self, receiver_index: int, key: bytes) -> None:
-        """The key that decrypts transport messages addressed to ``receiver_index``."""
-        self._append([f"TRANSPORT_KEY 0x{receiver_index:08x} {_b64(key)}"])
+__all__ = ["KEYLOG_ENV", "KeyLog", "KeyLogWriter", "parse_keylog", "writer_from_env"]
 
 
 def writer_from_env(path: str | None = None) -> KeyLogWriter | None:
@@ -84,20 +40,30 @@ class KeyLog:
     ephemeral_private: list[bytes] = field(default_factory=list)
     preshared: list[bytes] = field(default_factory=list)
     transport: dict[int, bytes] = field(default_factory=dict)
+    skipped: dict[str, list[int]] = field(default_factory=dict)  # kind -> line numbers
+
+    def skip(self, kind: str, lineno: int) -> None:
+        self.skipped.setdefault(kind, []).append(lineno)
+
+    def warnings(self, name: str) -> list[str]:
+        """One warning per kind of line skipped, naming the lines (never their text)."""
+        out = []
+        for kind, lines in self.skipped.items():
+            n = len(lines)
+            where = ", ".join(map(str, lines[:5])) + (", …" if n > 5 else "")
+            out.append(f"{name}: skipped {n} {kind} line{'s' * (n != 1)} (line {where})")
+        return out
 
 
-class KeyLogError(ValueError):
-    """A malformed key log line (the message names the line number, never the key)."""
+_KEYWORD = re.compile(r"[A-Z][A-Z0-9_]{0,31}")
 
 
-def _decode_key(text: str, lineno: int) -> bytes:
+def _decode_key(text: str) -> bytes | None:
     try:
         key = base64.b64decode(text.strip(), validate=True)
     except (binascii.Error, ValueError):
-        raise KeyLogError(f"line {lineno}: not base64") from None
-    if len(key) != 32:
-        raise KeyLogError(f"line {lineno}: a key is 32 bytes")
-    return key
+        return None
+    return key if len(key) == 32 else None
 
 
 def _add(items: list[bytes], key: bytes) -> None:
@@ -105,8 +71,14 @@ def _add(items: list[bytes], key: bytes) -> None:
         items.append(key)
 
 
+def _kind(line: str) -> str:
+    """A printable name for an unknown line's kind: its first word if that is a keyword."""
+    word = re.split(r"[\s=]", line, maxsplit=1)[0]
+    return f"unknown {word}" if _KEYWORD.fullmatch(word) else "unrecognised"
+
+
 def parse_keylog(text: str) -> KeyLog:
-    """Parse key log text (both line kinds). Raises :class:`KeyLogError`."""
+    """Parse key log text (both line kinds); what cannot be used goes to ``skipped``."""
     out = KeyLog()
     targets = {
         "LOCAL_STATIC_PRIVATE_KEY": out.static_private,
@@ -114,25 +86,31 @@ def parse_keylog(text: str) -> KeyLog:
         "LOCAL_EPHEMERAL_PRIVATE_KEY": out.ephemeral_private,
         "PRESHARED_KEY": out.preshared,
     }
+    assert set(targets) == set(WIRESHARK_NAMES)
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        if line.startswith("TRANSPORT_KEY"):
-            parts = line.split()
-            if len(parts) != 3:
-                raise KeyLogError(f"line {lineno}: expected TRANSPORT_KEY 0xINDEX KEY")
+        parts = line.split()
+        if parts[0] == TRANSPORT_NAME:
+            key = _decode_key(parts[2]) if len(parts) == 3 else None
             try:
-                index = int(parts[1], 16)
+                index = int(parts[1], 16) if len(parts) == 3 else -1
             except ValueError:
-                raise KeyLogError(f"line {lineno}: bad index") from None
-            if not 0 <= index < 2**32:
-                raise KeyLogError(f"line {lineno}: index out of range")
-            out.transport[index] = _decode_key(parts[2], lineno)
+                index = -1
+            if key is None or not 0 <= index < 2**32:
+                out.skip(f"malformed {TRANSPORT_NAME}", lineno)
+                continue
+            out.transport[index] = key
             continue
         name, sep, value = line.partition("=")
         name = name.strip()
-        if not sep or name not in targets:
-            raise KeyLogError(f"line {lineno}: unknown entry")
-        _add(targets[name], _decode_key(value, lineno))
+        if name not in targets:
+            out.skip(_kind(line), lineno)
+            continue
+        key = _decode_key(value) if sep else None
+        if key is None:
+            out.skip(f"malformed {name}", lineno)
+            continue
+        _add(targets[name], key)
     return out

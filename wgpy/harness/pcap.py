@@ -2,9 +2,10 @@
 
 Reads both byte orders and both timestamp resolutions (magic ``a1b2c3d4`` µs, ``a1b23c4d``
 ns); link types Ethernet (1, with 802.1Q/802.1ad tags), raw IP (101, and 12/14 as some
-platforms number it), Linux cooked v1 (113) and v2 (276), and loopback/null (0). Not pcapng
-(``tcpdump -w`` writes classic pcap by default). IP fragments are not reassembled: only the first
-fragment of a fragmented datagram would carry the UDP header, so fragments are skipped.
+platforms number it), Linux cooked v1 (113) and v2 (276), and loopback/null (0). pcapng is read
+by :mod:`wgpy.harness.pcapng`; :mod:`wgpy.harness.capture` tells the two apart. IP fragments
+are not reassembled: only the first fragment of a fragmented datagram would carry the UDP
+header, so fragments are skipped.
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ _VLAN_TAGS = (0x8100, 0x88A8)
 
 
 class PcapError(ValueError):
-    """Not a classic pcap file, or truncated in a way that cannot be skipped."""
+    """Not a capture file, or damaged in a way that cannot be skipped."""
 
 
 @dataclass(frozen=True, slots=True)
 class Frame:
     timestamp: float  # Unix seconds
+    linktype: int  # of the interface it was captured on
     data: bytes
 
 
@@ -51,9 +53,10 @@ class UdpDatagram:
     payload: bytes
 
 
-def read_frames(f: BinaryIO) -> tuple[int, Iterator[Frame]]:
-    """``(link type, frames)`` of a classic pcap stream."""
-    header = f.read(24)
+def read_pcap(f: BinaryIO, first: bytes = b"") -> Iterator[Frame]:
+    """The frames of a classic pcap stream. ``first``: bytes already read from the start of
+    ``f`` (at most the 24 of the file header), for a caller that sniffed them."""
+    header = first + f.read(24 - len(first))
     if len(header) < 24:
         raise PcapError("file too short for a pcap header")
     for order in ("<", ">"):
@@ -61,25 +64,19 @@ def read_frames(f: BinaryIO) -> tuple[int, Iterator[Frame]]:
         if magic in (_MAGIC_US, _MAGIC_NS):
             break
     else:
-        if header[:4] == b"\x0a\x0d\x0d\x0a":
-            raise PcapError("pcapng is not supported; convert with `editcap -F pcap`")
         raise PcapError("not a pcap file")
     divisor = 1e9 if magic == _MAGIC_NS else 1e6
     linktype = struct.unpack(order + "I", header[20:24])[0] & 0x0FFFFFFF
     record = struct.Struct(order + "IIII")
-
-    def frames() -> Iterator[Frame]:
-        while True:
-            rh = f.read(16)
-            if len(rh) < 16:
-                return  # end of file (a truncated last record is dropped, as tcpdump does)
-            sec, frac, incl, _orig = record.unpack(rh)
-            data = f.read(incl)
-            if len(data) < incl:
-                return
-            yield Frame(sec + frac / divisor, data)
-
-    return linktype, frames()
+    while True:
+        rh = f.read(16)
+        if len(rh) < 16:
+            return  # end of file (a truncated last record is dropped, as tcpdump does)
+        sec, frac, incl, _orig = record.unpack(rh)
+        data = f.read(incl)
+        if len(data) < incl:
+            return
+        yield Frame(sec + frac / divisor, linktype, data)
 
 
 def _network_layer(linktype: int, data: bytes) -> tuple[int, bytes] | None:
@@ -113,9 +110,9 @@ def _network_layer(linktype: int, data: bytes) -> tuple[int, bytes] | None:
     return None
 
 
-def udp_in_frame(linktype: int, frame: Frame) -> UdpDatagram | None:
+def udp_in_frame(frame: Frame) -> UdpDatagram | None:
     """The UDP datagram carried by ``frame``, or ``None`` (not UDP, fragment, truncated)."""
-    net = _network_layer(linktype, frame.data)
+    net = _network_layer(frame.linktype, frame.data)
     if net is None:
         return None
     ethertype, ip = net
@@ -140,15 +137,6 @@ def udp_in_frame(linktype: int, frame: Frame) -> UdpDatagram | None:
     sport, dport, length = struct.unpack_from("!HHH", seg)
     payload = seg[8 : max(8, min(length, len(seg)))]
     return UdpDatagram(frame.timestamp, src, sport, dst, dport, bytes(payload))
-
-
-def read_udp(f: BinaryIO) -> Iterator[UdpDatagram]:
-    """Every UDP datagram of a pcap stream, in file order."""
-    linktype, frames = read_frames(f)
-    for frame in frames:
-        d = udp_in_frame(linktype, frame)
-        if d is not None:
-            yield d
 
 
 class PcapWriter:

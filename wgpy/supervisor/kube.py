@@ -90,6 +90,7 @@ class KubeSettings:
     http_port: int = 2112
     kubeconfig: str | None = None
     clock_offset: float = 0.0  # WGPY_CLOCK_OFFSET: shifts TAI64N timestamps (tests only)
+    keylogs: tuple[tuple[str, str], ...] = ()  # --keylog TUNNEL=PATH (debugging only)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> KubeSettings:
@@ -206,7 +207,8 @@ def _default_manager(settings: KubeSettings) -> ManagerFactory:
             log.warning("TAI64N clock offset %+.3f s (WGPY_CLOCK_OFFSET): testing only",
                         settings.clock_offset)
         return Supervisor(identity, elector_factory=elector_factory,
-                          wall_time_ns=lambda: time.time_ns() + offset)
+                          wall_time_ns=lambda: time.time_ns() + offset,
+                          keylogs=dict(settings.keylogs))
 
     return build
 

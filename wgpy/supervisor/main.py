@@ -13,6 +13,11 @@ Two modes, one core (:class:`wgpy.supervisor.manager.Supervisor`):
 * otherwise Kubernetes mode, implemented by :mod:`wgpy.supervisor.kube`
   (``KubeSettings.from_env(env, **flags)``, ``run_kubernetes_mode(settings)``).
 
+``--keylog TUNNEL=PATH`` (repeatable; debugging only) makes that tunnel's device append every
+session's secrets to PATH, in Wireshark's key log format plus ``TRANSPORT_KEY`` lines
+(:mod:`wgpy.io.keylog`). Each path is checked at start (created 0600; a symlink or a file others
+can read is refused, exit status 2) and one warning per tunnel is logged.
+
 ``WGPY_CLOCK_OFFSET`` (seconds, may be negative) shifts the wall clock used for TAI64N
 timestamps only. It exists to test a new leader whose clock is behind; never set it otherwise.
 """
@@ -69,6 +74,7 @@ class Settings:
     log_level: str
     kubeconfig: str | None
     clock_offset: float
+    keylogs: tuple[tuple[str, str], ...] = ()  # (tunnel name, key log path)
 
     def wall_time_ns(self) -> Callable[[], int]:
         """The clock for TAI64N timestamps (shifted by ``WGPY_CLOCK_OFFSET``)."""
@@ -128,7 +134,38 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--kubeconfig", help="kubeconfig file (env KUBECONFIG; default in-cluster)")
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    p.add_argument(
+        "--keylog",
+        action="append",
+        default=[],
+        metavar="TUNNEL=PATH",
+        help="debugging only: write TUNNEL's session keys to PATH (Wireshark key log format)",
+    )
     return p
+
+
+def _keylogs(items: list[str]) -> tuple[tuple[str, str], ...]:
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--keylog {item!r}: expected TUNNEL=PATH")
+        if name in out:
+            raise ConfigError(f"--keylog: tunnel {name} given twice")
+        out[name] = path
+    return tuple(out.items())
+
+
+def check_keylogs(keylogs: tuple[tuple[str, str], ...]) -> None:
+    """Refuse an unsafe key log path now (``ConfigError``), and warn once per tunnel."""
+    from wgpy.io.keylog import KeyLogRefused, KeyLogWriter, warning_text
+
+    for name, path in keylogs:
+        try:
+            KeyLogWriter(path)
+        except KeyLogRefused as e:
+            raise ConfigError(f"--keylog {name}: {e}") from None
+        log.warning("tunnel %s: %s", name, warning_text(path))
 
 
 def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
@@ -183,6 +220,7 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
         log_level=args.log_level,
         kubeconfig=pick(args.kubeconfig, "KUBECONFIG"),
         clock_offset=offset,
+        keylogs=_keylogs(args.keylog),
     )
 
 
@@ -303,6 +341,7 @@ async def run_embedded(s: Settings) -> int:
         log.warning("%s", warning.removeprefix("Warning: "))
     try:
         tunnels = load_tunnels_file(path, s)
+        check_keylogs(s.keylogs)
     except ConfigError as e:
         log.error("%s", e)
         return 2
@@ -310,7 +349,9 @@ async def run_embedded(s: Settings) -> int:
     def elector(**callbacks: Any) -> LocalLockElector:
         return LocalLockElector(s.lock_file, s.node_name, retry_period=s.retry_period, **callbacks)
 
-    sup = Supervisor(s.node_name, elector_factory=elector, wall_time_ns=s.wall_time_ns())
+    sup = Supervisor(
+        s.node_name, elector_factory=elector, wall_time_ns=s.wall_time_ns(), keylogs=dict(s.keylogs)
+    )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, sup.stop)
@@ -364,9 +405,11 @@ def run_kubernetes(args: argparse.Namespace, s: Settings) -> int:
         "service_cidr": args.service_cidr,
         "http_port": args.http_port,
         "kubeconfig": s.kubeconfig,
+        "keylogs": s.keylogs or None,
     }
     try:
         settings = kube.KubeSettings.from_env(os.environ, **flags)
+        check_keylogs(s.keylogs)
     except ConfigError as e:
         log.error("%s", e)
         return 2

@@ -205,6 +205,7 @@ class Supervisor:
         floor_check: float = FLOOR_CHECK,
         retry_failed: float = RETRY_FAILED,
         restart_delay: float = RESTART_DELAY,
+        keylogs: Mapping[str, str] | None = None,
     ) -> None:
         self.identity = identity
         self.wall_time_ns = wall_time_ns
@@ -213,12 +214,14 @@ class Supervisor:
         self.floor_check = floor_check
         self.retry_failed = retry_failed
         self.restart_delay = restart_delay
+        keylog_paths = dict(keylogs or {})  # tunnel name -> key log (debugging only)
         self._runtime_factory: RuntimeFactory = runtime_factory or (
             lambda t: TunnelRuntime(
                 t,
                 wall_time_ns=wall_time_ns,
                 lease_left=self.lease_left,
                 targets=lambda: self._target_hosts(t),
+                keylog=keylog_paths.get(t.name),
             )
         )
         self._forwarder_factory: ForwarderFactory = forwarder_factory or (

@@ -26,6 +26,9 @@ leader sets up, in order (kube-vip-wireguard.md §5.2, minus what userspace make
 7. decrypted packets are accepted only for the VIP (``Device.accept_destinations``): the VPN
    node cannot reach the rest of the cluster through the pod's forwarding.
 
+With a key log path (``wgpy supervisor --keylog NAME=PATH``), the device appends every session's
+secrets to it (:mod:`wgpy.io.keylog`; debugging only); an unsafe path fails the bring-up.
+
 Teardown reverses it: the runner stops (its thread is joined), which closes the TUN fd; the
 kernel then deletes the link, and with it the address and the routes. We wait for the link to
 be gone, so a caller that returns from :meth:`TunnelRuntime.stop` knows the tunnel is down.
@@ -48,6 +51,7 @@ from tun.linux import LinuxTun
 from wgpy.device import Device
 from wgpy.errors import WgpyError
 from wgpy.io import gro
+from wgpy.io.keylog import KeyLogRefused, KeyLogWriter, device_sink
 from wgpy.io.loop import DeviceRunner, interface_exists
 from wgpy.peer import Peer
 from wgpy.supervisor import srcroute
@@ -124,11 +128,13 @@ class TunnelRuntime:
         clock: Callable[[], float] = time.monotonic,
         lease_left: Callable[[], float] = _unbounded,
         targets: Callable[[], Iterable[str]] = tuple,
+        keylog: str | None = None,
     ) -> None:
         """``lease_left()``: seconds of leadership left (thread-safe; <= 0 once it is lost);
         ``targets()``: the forward targets, which (with the rest of
         :func:`srcroute.pod_view`) the pod must reach without the tunnel."""
         self.tunnel = tunnel
+        self.keylog = keylog
         self.wall_time_ns = wall_time_ns
         self.clock = clock
         self.lease_left = lease_left
@@ -167,13 +173,19 @@ class TunnelRuntime:
         tun: LinuxTun | None = None
         runner: DeviceRunner | None = None
         try:
+            sink = None
+            if self.keylog is not None:
+                try:
+                    sink = device_sink(KeyLogWriter(self.keylog), t.name)
+                except KeyLogRefused as e:
+                    raise TunnelError(f"tunnel {t.name}: {e}") from None
             self.endpoint = resolve_endpoint_within(*t.peer_endpoint, self.lease_left())
             try:
                 tun = LinuxTun(t.name, create_only=True, mtu=MTU, vnet_hdr=gro.wanted())
             except TunError as e:
                 raise TunnelError(f"tunnel {t.name}: {e}") from None
             now = self.clock()
-            device = Device(wall_time_ns=self.wall_time_ns, mtu=MTU)
+            device = Device(wall_time_ns=self.wall_time_ns, mtu=MTU, key_log_sink=sink)
             device.timestamp_floor = timestamp_floor
             device.set_private_key(t.private_key, now=now)
             peer = device.add_peer(t.peer_public_key, now=now)
