@@ -247,3 +247,19 @@ def test_endpoint_unknown_means_no_handshake() -> None:
     p.a.receive_tun_packet(ipv4(A_TUN, B_TUN, b"x"), now=0.0)
     assert p.a.datagrams_to_send() == []
     assert len(p.pb.staged) == 1
+
+
+def test_decrypted_packets_only_for_accepted_destinations() -> None:
+    """Issue 15 point 5: the supervisor accepts only its VIP from the tunnel; a packet for any
+    other address (the cluster behind the pod) is dropped and counted, never written."""
+    p = Pair()
+    p.b.accept_destinations = frozenset({bytes(int(x) for x in B_TUN.split("."))})
+    p.a.allowed_ips.insert("10.96.0.0/12", p.pb)  # A routes it into the tunnel
+    inject = ipv4(A_TUN, "10.96.0.1", b"into the cluster")
+    ok = ipv4(A_TUN, B_TUN, b"for the VIP")
+    p.a.receive_tun_packet(inject, now=p.clock.now)
+    p.a.receive_tun_packet(ok, now=p.clock.now)
+    p.pump()
+    assert inject not in p.delivered_b
+    assert ok in p.delivered_b
+    assert p.b.drops["disallowed_destination"] == 1
