@@ -5,6 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")"
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(python3 python3-venv python3-dev gcc iproute2 iputils-ping util-linux wireguard-go wireguard-tools iperf3 tcpdump tshark procps kmod nftables)
+# The image test (tests/test_image.py): podman with runc (Debian 12's crun 1.8 refuses these
+# VMs' cgroup layout), and debootstrap for the local Debian base it builds the image on.
+pkgs+=(podman runc debootstrap)
+# kubectl (Debian: kubernetes-client) for the deploy/ dry-run tests; an existing kubectl from
+# another package (e.g. the Cloud SDK's) is kept, as installing over it would conflict
+command -v kubectl >/dev/null 2>&1 || pkgs+=(kubernetes-client)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

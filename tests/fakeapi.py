@@ -43,6 +43,7 @@ from aiohttp import web
 T = TypeVar("T")
 Obj = dict[str, Any]
 JSON = "application/json"
+CLIENT_HEADER = "X-Test-Client"  # names the client a fault injection applies to
 MICROTIME_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|[+-]\d\d:\d\d)$")
 GO_MICRO_LAYOUT = "2006-01-02T15:04:05.000000Z07:00"
 REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
@@ -123,6 +124,8 @@ class Injection:
     delay: float
     headers: dict[str, str]
     hits: int = 0
+    delay_after: float = 0.0  # seconds between committing the request and answering it
+    client: str | None = None  # only requests with this CLIENT_HEADER value
 
 
 @dataclass
@@ -390,13 +393,17 @@ class FakeApiServer:
         self._watchers.clear()
 
     def inject(self, method: str, path_regex: str, code: int | None, *, times: int | None = 1,
-               delay: float = 0.0, headers: Mapping[str, str] | None = None) -> Injection:
+               delay: float = 0.0, headers: Mapping[str, str] | None = None,
+               delay_after: float = 0.0, client: str | None = None) -> Injection:
         """Answer matching requests with ``code`` (after ``delay``); ``code=None``: only delay.
 
         ``method`` ``"*"`` matches any; ``times=None`` means until :meth:`clear_injections`.
+        ``delay_after``: the request is carried out at once and only its reply is late (a slow
+        etcd, a client paused mid-request). ``client``: only requests whose ``CLIENT_HEADER``
+        is that value (``ApiClient(header_name=CLIENT_HEADER, header_value=...)``).
         """
         inj = Injection(method.upper(), re.compile(path_regex), code, times, delay,
-                        dict(headers or {}))
+                        dict(headers or {}), delay_after=delay_after, client=client)
         self._call(lambda: self._injections.append(inj))
         return inj
 
@@ -472,8 +479,10 @@ class FakeApiServer:
 
     async def _handle_inner(self, req: web.Request, path: str) -> web.StreamResponse:
         try:
+            after = 0.0
             for inj in list(self._injections):
                 if (inj.method in ("*", req.method) and inj.path_re.search(path)
+                        and (inj.client is None or req.headers.get(CLIENT_HEADER) == inj.client)
                         and (inj.times is None or inj.hits < inj.times)):
                     inj.hits += 1
                     if inj.delay:
@@ -481,8 +490,12 @@ class FakeApiServer:
                     if inj.code is not None:
                         err = ApiError(inj.code, f"injected {inj.code}")
                         return json_response(err.status(), inj.code, inj.headers)
+                    after = inj.delay_after
                     break
-            return await self._route(req, path)
+            resp = await self._route(req, path)
+            if after:
+                await asyncio.sleep(after)
+            return resp
         except ApiError as e:
             return json_response(e.status(), e.code)
 
@@ -620,8 +633,17 @@ class FakeApiServer:
                 item = copy.deepcopy(o)
                 del item["kind"], item["apiVersion"]   # list items omit them, as real ones do
                 items.append(item)
+        meta: Obj = {"resourceVersion": str(self.rv)}
+        limit = int(query.get("limit") or 0)
+        start = int(query.get("continue") or 0)  # the offset (a real token is opaque)
+        if limit > 0:
+            if start:
+                items = items[start:]
+            if len(items) > limit:
+                items = items[:limit]
+                meta["continue"] = str(start + limit)
         return {"kind": f"{kind.kind}List", "apiVersion": kind.api_version,
-                "metadata": {"resourceVersion": str(self.rv)}, "items": items}
+                "metadata": meta, "items": items}
 
     def _check_meta(self, kind: Kind, ns: str, name: str | None, body: Obj) -> Obj:
         meta = body.setdefault("metadata", {}) or {}

@@ -146,15 +146,35 @@ def test_daemonset_selector_matches_template() -> None:
     assert ds["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
+# Kubernetes' safe sysctls (allowed without a kubelet allow-list; docs "Using sysctls").
+SAFE_SYSCTLS = {
+    "kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range", "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.ip_local_reserved_ports", "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl", "net.ipv4.tcp_keepalive_probes",
+}
+OVERLAY = ROOT / "deploy-overlays" / "kube-vip-sysctls"
+
+
 def test_pod_network_namespace_and_sysctls() -> None:
+    """Issue 15 point 7: only safe sysctls (no SysctlForbidden on a standard kubelet), and
+    Service ports below 1024 bindable with NET_ADMIN only."""
     spec = pod()
     assert spec["hostNetwork"] is False  # explicit: a crashed pod's tunnel dies with its netns
     sysctls = {s["name"]: s["value"] for s in spec["securityContext"]["sysctls"]}
-    assert sysctls == {
-        "net.ipv4.conf.all.src_valid_mark": "1",
-        "net.ipv4.conf.all.route_localnet": "1",
-    }
+    assert sysctls == {"net.ipv4.ip_unprivileged_port_start": "0"}
+    assert set(sysctls) <= SAFE_SYSCTLS
     assert "sysctls" not in container()["securityContext"]
+
+
+def test_metrics_listen_on_the_pod_ip_only() -> None:
+    """Issue 15 point 7: /metrics on the pod IP, never on the VIP (a wildcard bind would
+    answer anyone behind the VPN node)."""
+    from wgpy.supervisor.kube import KubeSettings
+
+    assert env()["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    s = KubeSettings.from_env({"POD_IP": "10.244.1.5", "vip_nodename": "n"})
+    assert s.http_host == "10.244.1.5"
 
 
 def test_capabilities_are_net_admin_only() -> None:
@@ -252,7 +272,6 @@ def grants(role: Obj) -> set[Grant]:
 
 def test_role_is_exactly_the_minimal_namespaced_set() -> None:
     assert grants(one("Role")) == {
-        ("", "secrets", "get", "wireguard"),
         ("", "secrets", "list", "wireguard"),
         ("", "secrets", "watch", "wireguard"),
         ("coordination.k8s.io", "leases", "get", "plndr-cp-lock"),
@@ -263,13 +282,10 @@ def test_role_is_exactly_the_minimal_namespaced_set() -> None:
 
 
 def test_cluster_role_is_exactly_services_status_and_slices() -> None:
-    assert grants(one("ClusterRole")) == {
-        ("", "services", "get", None),
+    assert grants(one("ClusterRole")) == {   # issue 15 point 7: no verb that is never used
         ("", "services", "list", None),
         ("", "services", "watch", None),
         ("", "services/status", "update", None),
-        ("", "services/status", "patch", None),
-        ("discovery.k8s.io", "endpointslices", "get", None),
         ("discovery.k8s.io", "endpointslices", "list", None),
         ("discovery.k8s.io", "endpointslices", "watch", None),
     }
@@ -329,7 +345,6 @@ def allowed(req: Request) -> bool:
     [
         Request("list", "", "secrets", NAMESPACE, field_selector="metadata.name=wireguard"),
         Request("watch", "", "secrets", NAMESPACE, field_selector="metadata.name=wireguard"),
-        Request("get", "", "secrets", NAMESPACE, "wireguard"),
         Request("get", "coordination.k8s.io", "leases", NAMESPACE, "plndr-cp-lock"),
         Request("create", "coordination.k8s.io", "leases", NAMESPACE),
         Request("update", "coordination.k8s.io", "leases", NAMESPACE, "plndr-cp-lock"),
@@ -349,6 +364,8 @@ def test_supervisor_requests_are_allowed(req: Request) -> None:
     [
         Request("list", "", "secrets", NAMESPACE),  # every Secret of kube-system: no
         Request("get", "", "secrets", NAMESPACE, "bootstrap-token-abcdef"),
+        Request("get", "", "secrets", NAMESPACE, "wireguard"),  # never called: not granted
+        Request("patch", "", "services/status", "default", "web"),
         Request("get", "", "secrets", "default", "wireguard"),
         Request("update", "coordination.k8s.io", "leases", NAMESPACE, "kube-controller-manager"),
         Request("delete", "coordination.k8s.io", "leases", NAMESPACE, "plndr-cp-lock"),
@@ -412,7 +429,11 @@ def test_operator_guide_quotes_the_manifests() -> None:
     for name, value in (("vip_leaseduration", "15"), ("vip_renewdeadline", "10"),
                         ("vip_retryperiod", "2"), ("vip_leasename", "plndr-cp-lock")):
         assert env()[name]["value"] == value and f"`{name}={value}`" in guide
-    sysctls = [s["name"] for s in pod()["securityContext"]["sysctls"]]
+    overlay = yaml.safe_load((OVERLAY / "sysctls.yaml").read_text())
+    sysctls = [s["name"] for s in overlay["spec"]["template"]["spec"]["securityContext"]
+               ["sysctls"] if s["name"] not in SAFE_SYSCTLS]
+    assert sysctls == ["net.ipv4.conf.all.src_valid_mark", "net.ipv4.conf.all.route_localnet"]
     kubelet = guide[guide.index("allowedUnsafeSysctls:"):]
     assert all(f'"{s}"' in kubelet.split("```")[0] for s in sysctls)
     assert f"--allowed-unsafe-sysctls={','.join(sysctls)}" in guide
+    assert "kubectl apply -k deploy-overlays/kube-vip-sysctls" in guide

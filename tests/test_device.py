@@ -268,3 +268,19 @@ def test_staged_packets_follow_the_confirming_packets_address() -> None:
     assert out and [addr for _, addr in out] == [roamed] * len(out)
     p.a.receive_datagram(out[0][0], B_ADDR, now=0.0)
     assert p.a.tun_packets_to_write() == [ipv4(B_TUN, A_TUN, b"staged on b")]
+
+
+def test_decrypted_packets_only_for_accepted_destinations() -> None:
+    """Issue 15 point 5: the supervisor accepts only its VIP from the tunnel; a packet for any
+    other address (the cluster behind the pod) is dropped and counted, never written."""
+    p = Pair()
+    p.b.accept_destinations = frozenset({bytes(int(x) for x in B_TUN.split("."))})
+    p.a.allowed_ips.insert("10.96.0.0/12", p.pb)  # A routes it into the tunnel
+    inject = ipv4(A_TUN, "10.96.0.1", b"into the cluster")
+    ok = ipv4(A_TUN, B_TUN, b"for the VIP")
+    p.a.receive_tun_packet(inject, now=p.clock.now)
+    p.a.receive_tun_packet(ok, now=p.clock.now)
+    p.pump()
+    assert inject not in p.delivered_b
+    assert ok in p.delivered_b
+    assert p.b.drops["disallowed_destination"] == 1

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from kubernetes.aio import client as _aclient
 
-from tests.fakeapi import FakeApiServer
+from tests.fakeapi import CLIENT_HEADER, FakeApiServer
 from wgpy.supervisor.election import LeaderElector
 from wgpy.supervisor.lease import ElectionConfig, LeaseRecord, format_microtime
 
@@ -51,12 +51,15 @@ class Monitor:
 
 
 class Node:
-    def __init__(self, url: str, identity: str, mon: Monitor, **kw: Any) -> None:
+    def __init__(self, url: str, identity: str, mon: Monitor, *,
+                 timings: tuple[float, float, float] = (DURATION, RENEW, RETRY),
+                 client: str | None = None, **kw: Any) -> None:
         self.identity = identity
-        self.api = aclient.ApiClient(aclient.Configuration(host=url))
+        self.api = aclient.ApiClient(aclient.Configuration(host=url),
+                                     header_name=CLIENT_HEADER, header_value=client or identity)
         self.new_leaders: list[str] = []
         self.elector = LeaderElector(
-            ElectionConfig(NAME, NS, identity, DURATION, RENEW, RETRY), self.api,
+            ElectionConfig(NAME, NS, identity, *timings), self.api,
             on_started_leading=lambda: mon.started(identity),
             on_stopped_leading=lambda: mon.stopped(identity),
             on_new_leader=self.new_leaders.append, **kw)
@@ -285,4 +288,102 @@ def test_zero_microsecond_wall_clock_never_reaches_the_server() -> None:
             assert obj["spec"]["renewTime"].endswith(".000001Z")
             puts = [r for r in srv.responses if r[0] == "PUT"]
             assert puts and all(r[2] == 200 for r in puts)
+    run(main)
+
+
+# -- issue 15 -------------------------------------------------------------------------------
+
+
+def test_late_reply_does_not_stretch_the_term_past_the_next_leaders() -> None:
+    """Point 2: the server commits a renewal at once but the reply takes 2 s (slow etcd, a
+    SIGSTOP mid-request), then the leader is cut off. Timed from the reply, its renew deadline
+    would end 2 s after the server's commit + the deadline, while the follower may acquire at
+    commit + lease duration (3 s): both lead. Timed from the send, it steps down first."""
+    timings = (3.0, 2.5, 0.3)
+
+    async def main() -> None:
+        async with cluster() as (srv, mon, nodes):
+            a = Node(srv.url, "a", mon, timings=timings)
+            nodes.append(a)
+            await wait_for(lambda: mon.leading == {"a"}, 3)
+            b = Node(srv.url, "b", mon, timings=timings)
+            nodes.append(b)
+            await wait_for(lambda: b.elector.leader == "a", 3)
+            slow = srv.inject("PUT", r"/leases/", None, client="a", delay_after=2.0)
+            await wait_for(lambda: slow.hits == 1, 3)
+            sent = mon.now()
+            srv.inject("*", r"/leases", None, client="a", times=None, delay=30)  # cut off
+            await wait_for(lambda: mon.leading == {"b"}, 10)
+            stopped = mon.times("stopped", "a")[0]
+            started = mon.times("started", "b")[0]
+            assert stopped < started
+            assert stopped <= sent + timings[1] + 0.3       # the deadline, counted from the send
+    run(main)
+
+
+def test_kube_vip_holding_the_lock_under_our_name_is_not_us() -> None:
+    """Point 1: kube-vip on node-1 holds plndr-cp-lock as "node-1"; wgpy on node-1 must follow
+    it (no tunnel next to kube-vip's), and take over with a new term once kube-vip stops."""
+    async def main() -> None:
+        async with cluster() as (srv, mon, nodes):
+            renewing = True
+            last_kv_write = 0.0
+            acquired = datetime.now(UTC)
+
+            async def kube_vip() -> None:
+                nonlocal last_kv_write
+                while renewing:
+                    srv.seed({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                              "metadata": {"name": NAME, "namespace": NS},
+                              "spec": {"holderIdentity": "node-1", "leaseDurationSeconds": 2,
+                                       "acquireTime": format_microtime(acquired),
+                                       "renewTime": format_microtime(datetime.now(UTC)),
+                                       "leaseTransitions": 7}})
+                    last_kv_write = mon.now()
+                    await asyncio.sleep(0.3)
+
+            kv = asyncio.ensure_future(kube_vip())
+            await asyncio.sleep(0.1)
+            node = Node(srv.url, "node-1", mon)
+            nodes.append(node)
+            await asyncio.sleep(2.5)
+            assert mon.times("started", "node-1") == []      # never "resumed" kube-vip's term
+            renewing = False
+            await kv
+            taken = await wait_for(lambda: mon.leading == {"node-1"}, 4)
+            assert taken >= last_kv_write + 2.0
+            rec = stored(srv)
+            assert (rec.holder, rec.transitions) == ("node-1", 8)   # a new term, counted
+            assert rec.acquire_time is not None and rec.acquire_time > acquired
+    run(main)
+
+
+def test_leader_steps_down_when_another_process_writes_under_its_name() -> None:
+    """Point 1, the other order: wgpy leads, then kube-vip starts on the same node and takes
+    the Lease under the same identity: wgpy must step down, not share it."""
+    async def main() -> None:
+        async with cluster() as (srv, mon, nodes):
+            node = Node(srv.url, "node-1", mon)
+            nodes.append(node)
+            await wait_for(lambda: mon.leading == {"node-1"}, 3)
+            stop = False
+
+            async def kube_vip() -> None:
+                while not stop:
+                    obj = srv.get("leases", NS, NAME)
+                    assert obj is not None
+                    spec = dict(obj["spec"])
+                    spec["renewTime"] = format_microtime(datetime.now(UTC))
+                    spec["acquireTime"] = format_microtime(datetime.now(UTC) - timedelta(hours=1))
+                    srv.seed({**obj, "spec": spec})
+                    await asyncio.sleep(0.2)
+
+            kv = asyncio.ensure_future(kube_vip())
+            try:
+                await wait_for(lambda: not mon.leading, 3)
+                await asyncio.sleep(1.0)
+                assert not mon.leading                      # and stays a follower
+            finally:
+                stop = True
+                await kv
     run(main)

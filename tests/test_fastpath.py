@@ -557,3 +557,26 @@ def test_dense_faults_ask_for_the_fast_path_to_be_switched_off(
     assert reasons and "faults, the latest: RuntimeError: injected fault" in reasons[0]
     b.drain()
     assert len(b.tun.take()) == 2 * limit - 1  # all delivered the ordinary way meanwhile
+
+
+def test_fast_path_drops_packets_not_for_an_accepted_destination(
+    sides: tuple[Side, Side, Clock],
+) -> None:
+    """Issue 15 point 5 on the fast path: only the VIP may come out of the tunnel."""
+    a, b, clock = sides
+    handshake(a, b)
+    b.dev.accept_destinations = frozenset({bytes(int(x) for x in B_TUN.split("."))})
+    a.dev.allowed_ips.insert("10.96.0.0/12", a.peer)
+    inject = ipv4(A_TUN, "10.96.0.1", b"into the cluster")
+    ok = ipv4(A_TUN, B_TUN, b"for the VIP")
+    a.dev.receive_tun_packet(inject, now=clock.now)
+    a.dev.receive_tun_packet(ok, now=clock.now)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for d, _ in a.dev.datagrams_to_send():
+            tx.sendto(d, (LOCAL, b.bind.port))
+        b.drain()
+    finally:
+        tx.close()
+    assert b.tun.take() == [ok]
+    assert b.dev.drops["disallowed_destination"] == 1

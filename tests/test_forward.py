@@ -377,3 +377,127 @@ def test_udp_unreachable_target_drops_flow_and_next_uses_other_target() -> None:
 def test_make_forwarder_rejects_unknown_protocol() -> None:
     with pytest.raises(ValueError, match="SCTP"):
         make_forwarder(VIP, 1, "SCTP", [], strategy="round-robin")
+
+
+# --- issue 15 point 8: one client cannot exhaust a forwarder ----------------------------------
+
+
+async def _wait(cond: object, timeout: float = 3.0) -> None:
+    assert callable(cond)
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond():
+        assert loop.time() < end, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def test_tcp_per_source_limit_leaves_room_for_other_clients() -> None:
+    async def main() -> None:
+        hold = asyncio.Event()
+
+        async def slow(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            await hold.wait()
+            w.close()
+
+        srv = await asyncio.start_server(slow, "127.0.0.1", 0)
+        target = Target("127.0.0.1", srv.sockets[0].getsockname()[1])
+        fwd = TcpForwarder(VIP, 0, [target], max_connections=8, max_per_source=2)
+        await fwd.start()
+        writers: list[asyncio.StreamWriter] = []
+        try:
+            for _ in range(2):   # one client (127.0.0.1) takes its share...
+                _r, w = await asyncio.open_connection(VIP, fwd.bound_port, local_addr=(
+                    "127.0.0.1", 0))
+                writers.append(w)
+            await _wait(lambda: fwd.stats.active == 2)
+            r3, w3 = await asyncio.open_connection(VIP, fwd.bound_port,
+                                                   local_addr=("127.0.0.1", 0))
+            writers.append(w3)
+            with contextlib.suppress(ConnectionError):   # ...and no more
+                assert await asyncio.wait_for(r3.read(), 3) == b""
+            assert fwd.refused == fwd.stats.refused == 1
+            # another client is still served
+            _r4, w4 = await asyncio.open_connection(VIP, fwd.bound_port,
+                                                    local_addr=("127.0.0.3", 0))
+            writers.append(w4)
+            await _wait(lambda: fwd.stats.active == 3)
+            assert fwd.per_source == {"127.0.0.1": 2, "127.0.0.3": 1}
+        finally:
+            for w in writers:
+                w.close()
+            hold.set()
+            await fwd.close()
+            srv.close()
+
+    run(main)
+
+
+def test_tcp_idle_connections_are_closed_active_ones_kept() -> None:
+    async def main() -> None:
+        now = [0.0]
+
+        async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            while data := await r.read(100):
+                w.write(data)
+                await w.drain()
+            w.close()
+
+        srv = await asyncio.start_server(echo, "127.0.0.1", 0)
+        target = Target("127.0.0.1", srv.sockets[0].getsockname()[1])
+        fwd = TcpForwarder(VIP, 0, [target], idle_timeout=600.0, clock=lambda: now[0])
+        await fwd.start()
+        try:
+            r1, w1 = await asyncio.open_connection(VIP, fwd.bound_port)
+            r2, w2 = await asyncio.open_connection(VIP, fwd.bound_port)
+            for r, w in ((r1, w1), (r2, w2)):
+                w.write(b"x")
+                await w.drain()
+                assert await asyncio.wait_for(r.read(1), 3) == b"x"
+            now[0] = 500.0
+            w2.write(b"y")                  # the second one talks (a watch getting events)
+            await w2.drain()
+            assert await asyncio.wait_for(r2.read(1), 3) == b"y"
+            assert fwd.expire(now=599.0) == 0
+            assert fwd.expire(now=700.0) == 1   # only the first: idle since 0
+            with contextlib.suppress(ConnectionError):
+                assert await asyncio.wait_for(r1.read(), 3) == b""
+            await _wait(lambda: fwd.stats.active == 1)
+            assert fwd.stats.idle_closed == 1 and fwd.per_source == {"127.0.0.1": 1}
+            w2.write(b"z")
+            await w2.drain()
+            assert await asyncio.wait_for(r2.read(1), 3) == b"z"
+            w1.close()
+            w2.close()
+        finally:
+            await fwd.close()
+            srv.close()
+
+    run(main)
+
+
+def test_udp_per_source_limit_and_defaults_bound_each_client() -> None:
+    async def main() -> None:
+        async with udp_server("a") as (ta, _ea):
+            fwd = UdpForwarder(VIP, 0, [ta], max_flows=8, max_per_source=1)
+            await fwd.start()
+            c1, p1 = await udp_client("127.0.0.1")
+            c2, p2 = await udp_client("127.0.0.1")
+            c3, p3 = await udp_client("127.0.0.3")
+            try:
+                assert await udp_ask(c1, p1, fwd.bound_port, b"x") == b"a:x"
+                c2.sendto(b"y", (VIP, fwd.bound_port))
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(p2.replies.get(), 0.3)
+                assert fwd.refused == 1
+                assert await udp_ask(c3, p3, fwd.bound_port, b"z") == b"a:z"
+            finally:
+                for c in (c1, c2, c3):
+                    c.close()
+                await fwd.close()
+        # the defaults: a client gets a quarter of a forwarder, and TCP connections time out
+        t = TcpForwarder(VIP, 0, [])
+        u = UdpForwarder(VIP, 0, [])
+        assert t.max_per_source * 4 <= t.max_connections and t.idle_timeout >= 300
+        assert u.max_per_source * 4 <= u.max_flows
+
+    run(main)

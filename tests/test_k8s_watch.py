@@ -224,3 +224,54 @@ def test_backoff_doubles_with_jitter_and_caps() -> None:
     assert b.next() <= 1.0
     spread = {round(Backoff(1.0, 1.0).next(), 6) for _ in range(20)}
     assert len(spread) > 1      # jittered
+
+
+# -- issue 15 point 9: the LIST is paginated and bounded in time -----------------------------
+
+
+def test_list_is_paginated() -> None:
+    async def main() -> None:
+        async with FakeApiServer() as srv:
+            for i in range(7):
+                srv.seed(secret(f"s{i}", "x"))
+            rec = Recorder()
+            api = aclient.ApiClient(aclient.Configuration(host=srv.url))
+            core = aclient.CoreV1Api(api)
+            r = Reflector("secrets", core.list_namespaced_secret_without_preload_content, NS,
+                          on_change=rec, on_synced=rec.on_synced, page_size=3)
+            task = asyncio.ensure_future(r.run())
+            try:
+                await wait_for(r.synced.is_set)
+                assert sorted(k[1] for k in r.cache) == [f"s{i}" for i in range(7)]
+                pages = lists(srv)
+                assert [q.get("limit") for q in pages] == ["3", "3", "3"]
+                assert [q.get("continue") for q in pages] == [None, "3", "6"]
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                await api.close()
+    run(main)
+
+
+def test_a_stalled_list_is_retried() -> None:
+    async def main() -> None:
+        async with FakeApiServer() as srv:
+            srv.seed(secret("wireguard", "x"))
+            srv.inject("GET", PATH + "$", None, times=1, delay=20)   # the first LIST hangs
+            rec = Recorder()
+            api = aclient.ApiClient(aclient.Configuration(host=srv.url))
+            core = aclient.CoreV1Api(api)
+            r = Reflector("secrets", core.list_namespaced_secret_without_preload_content, NS,
+                          on_change=rec, on_synced=rec.on_synced, list_timeout=0.5,
+                          backoff=Backoff(0.05, 0.2))
+            task = asyncio.ensure_future(r.run())
+            try:
+                await wait_for(r.synced.is_set, 5)
+                assert r.errors >= 1 and len(lists(srv)) >= 2
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                await api.close()
+    run(main)

@@ -131,6 +131,7 @@ def test_empty_holder_is_free_immediately_and_counts_a_transition() -> None:
 def test_holder_renews_keeping_acquire_time_and_transitions() -> None:
     el = Elector(cfg())
     mine = LeaseRecord("me", 15, WALL - timedelta(hours=1), WALL, 2)
+    el.succeeded(mine, now=4.0)                          # we wrote it
     later = WALL + timedelta(seconds=2)
     d = el.decide(mine, now=5.0, wall=later)
     assert d.action is Action.UPDATE and d.record is not None
@@ -163,7 +164,7 @@ def test_renew_deadline_and_step_down() -> None:
 def test_release_record() -> None:
     el = Elector(cfg())
     assert el.release_record(wall=WALL) is None          # not the holder: nothing to release
-    el.decide(LeaseRecord("me", 15, WALL, WALL, 5, {"k": "v"}), now=1.0, wall=WALL)
+    el.succeeded(LeaseRecord("me", 15, WALL, WALL, 5, {"k": "v"}), now=1.0)
     rel = el.release_record(wall=WALL.replace(microsecond=0))
     assert rel is not None
     assert (rel.holder, rel.duration_s, rel.transitions) == ("", 1, 5)
@@ -173,8 +174,7 @@ def test_release_record() -> None:
 
 def test_annotations_written_with_next_record_and_read_back() -> None:
     el = Elector(cfg())
-    el.decide(LeaseRecord("me", 15, WALL, WALL, 0, {"keep": "1", "drop": "x"}), now=0.0,
-              wall=WALL)
+    el.succeeded(LeaseRecord("me", 15, WALL, WALL, 0, {"keep": "1", "drop": "x"}), now=0.0)
     assert el.annotation("keep") == "1" and el.annotation("floor") is None
     el.set_annotation("floor", "4000000069a7b8c7")
     el.set_annotation("drop", None)
@@ -212,3 +212,62 @@ def test_retry_interval_jitter() -> None:
     rng = random.Random(7)
     vals = [retry_interval(2.0, rng) for _ in range(200)]
     assert all(2.0 <= v < 4.4 for v in vals) and max(vals) - min(vals) > 1.5
+
+
+# -- issue 15 -------------------------------------------------------------------------------
+
+
+def test_a_record_naming_us_that_we_did_not_write_is_someone_elses() -> None:
+    """kube-vip on this node holds plndr-cp-lock under the same identity (the node name): we
+    follow while it renews, and take over with a new term (transitions + 1) once it expires."""
+    el = Elector(cfg("node-1"))
+    kube_vip = other("node-1", duration=15, transitions=4)
+    assert el.decide(kube_vip, now=0.0, wall=WALL).action is Action.FOLLOW
+    assert not el.is_leader() and el.held_by_other(now=1.0)
+    renewed = other("node-1", duration=15, transitions=4, renew=WALL + timedelta(seconds=2))
+    assert el.decide(renewed, now=10.0, wall=WALL).action is Action.FOLLOW
+    assert el.decide(renewed, now=24.9, wall=WALL).action is Action.FOLLOW
+    d = el.decide(renewed, now=25.0, wall=WALL + timedelta(seconds=30))   # expired
+    assert d.action is Action.UPDATE and d.record is not None
+    assert d.record.transitions == 5 and d.record.acquire_time == WALL + timedelta(seconds=30)
+    el.attempting(d.record)
+    el.succeeded(d.record, now=25.0)
+    assert el.is_leader() and not el.held_by_other(now=26.0)
+
+
+def test_a_leader_sees_another_writer_under_its_name() -> None:
+    el = Elector(cfg("node-1"))
+    d = el.decide(None, now=0.0, wall=WALL)
+    assert d.record is not None
+    el.attempting(d.record)
+    el.succeeded(d.record, now=0.0)
+    assert el.is_leader()
+    foreign = LeaseRecord("node-1", 15, WALL, WALL + timedelta(seconds=1), 0)
+    assert el.decide(foreign, now=1.0, wall=WALL).action is Action.FOLLOW
+    assert not el.is_leader() and el.held_by_other(now=1.0)
+
+
+def test_a_write_whose_reply_was_lost_is_still_recognised_as_ours() -> None:
+    el = Elector(cfg("node-1"))
+    first = el.decide(None, now=0.0, wall=WALL).record
+    assert first is not None
+    el.attempting(first)
+    el.succeeded(first, now=0.0)
+    renewal = el.fast_path(now=2.0, wall=WALL + timedelta(seconds=2))
+    assert renewal is not None
+    el.attempting(renewal)                               # sent; the reply never came
+    d = el.decide(renewal, now=3.0, wall=WALL + timedelta(seconds=3))
+    assert d.action is Action.UPDATE and d.record is not None
+    assert d.record.transitions == 0 and d.record.acquire_time == first.acquire_time
+
+
+def test_carried_over_acquire_time_never_has_a_zero_fraction() -> None:
+    """acquireTime ending in .000000 would be serialised without its fraction (400)."""
+    el = Elector(cfg())
+    whole = WALL.replace(microsecond=0)
+    el.succeeded(LeaseRecord("me", 15, whole, WALL, 2), now=0.0)
+    rec = el.fast_path(now=1.0, wall=WALL)
+    assert rec is not None and rec.acquire_time is not None
+    assert rec.acquire_time.microsecond != 0
+    assert abs((rec.acquire_time - whole).total_seconds()) < 1e-5
+

@@ -498,6 +498,7 @@ def test_failed_bring_up_is_reported_and_retried() -> None:
             await h.sup.apply_tunnels({"wg0": tunnel("wg0", "127.0.0.5/32")})
             await h.lead()
             await wait_until(lambda: "start-failed wg0" in h.log)
+            await wait_until(lambda: "wg0" in h.sup.failed())  # the thread's error came back
             assert h.sup.running == []
             assert "no TUN" in h.sup.failed()["wg0"]
             st = h.sup.status()

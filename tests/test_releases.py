@@ -6,7 +6,11 @@
 * ``lowest``: each runtime dependency at its lower bound in pyproject (its ``>=`` version):
   the bounds must name releases that have every API we call.
 
-Each venv gets wgpy (editable) and runs ``tests/test_smoke.py`` plus the fast path's unit tests.
+Each venv gets wgpy (editable) and runs ``tests/test_smoke.py`` and the tests that exercise each
+dependency's API most directly: the fast path (cryptography), TUN and netlink (python-pytun,
+pyroute2), the HTTP server (aiohttp) and the Lease election against the fake API server
+(kubernetes.aio). The lowest run found pyroute2 < 0.9.1 without ``IPRoute(netns=...)`` and
+kubernetes < 37 without ``kubernetes.aio`` (36.0.0) or its models' ``from_dict`` (36.0.1-36.0.3).
 Needs the package index; off CI an unreachable index skips, in CI it fails.
 """
 
@@ -26,7 +30,13 @@ from tests.support import interop
 
 pytestmark = [*interop, pytest.mark.releases]
 ROOT = Path(__file__).resolve().parent.parent
-CHECKS = ["tests/test_smoke.py", "tests/test_fastpath.py"]
+CHECKS = [
+    "tests/test_smoke.py",
+    "tests/test_fastpath.py",
+    "tests/test_tun.py",
+    "tests/test_http_metrics.py",
+    "tests/test_election.py",
+]
 _OFFLINE = re.compile(r"(Temporary failure in name resolution|Network is unreachable|"
                       r"Max retries exceeded|ConnectionError|No matching distribution)")
 

@@ -19,6 +19,7 @@ from wgpy.supervisor.services import (
     ServiceOptions,
     compute_rules,
     controlplane_targets,
+    cp_vip_problem,
     desired_ingress,
     is_selected,
     port_targets,
@@ -67,7 +68,7 @@ DNS = [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": "dns"},
        {"name": "web", "port": 80, "protocol": "TCP", "targetPort": 8080}]
 DNS_SLICE_PORTS = [{"name": "dns", "port": 5353, "protocol": "UDP"},
                    {"name": "web", "port": 8080, "protocol": "TCP"}]
-OPTS = ServiceOptions()
+OPTS = ServiceOptions(cp_vip=VIP)  # kube-vip: the control plane only on its VIP
 
 
 # -- pure --------------------------------------------------------------------------------------
@@ -127,16 +128,33 @@ def test_compute_rules_cp_wins_clash_and_unmatched_vip_ignored() -> None:
     cp = controlplane_targets([eps("kubernetes", [("192.168.1.10", True),
                                                   ("192.168.1.11", False)],
                                    [{"name": "https", "port": 6443, "protocol": "TCP"}])])
-    got = compute_rules([s2, s1, s3], sl, cp, [VIP, VIP2], OPTS)
-    assert got[VIP2] == (ForwardRule(6443, "TCP", (Target("192.168.1.10", 6443),),
-                                     "controlplane"),)
+    cp_opts = ServiceOptions(cp_vip=VIP)
+    got = compute_rules([s2, s1, s3], sl, cp, [VIP, VIP2], cp_opts)
+    assert got[VIP2] == ()
     assert got[VIP] == (
         ForwardRule(53, "UDP", (Target("10.1.0.1", 5353),), "service/default/a"),
         ForwardRule(80, "TCP", (Target("10.1.0.1", 8080),), "service/default/a"),
-        got[VIP2][0])
+        ForwardRule(6443, "TCP", (Target("192.168.1.10", 6443),), "controlplane"))
     only_cp_vip = compute_rules([s1], sl, cp, [VIP, VIP2], ServiceOptions(cp_vip=f"{VIP2}/32"))
     assert [r.port for r in only_cp_vip[VIP]] == [53, 80, 6443]   # a/api gets 6443 there
     assert only_cp_vip[VIP][2].source == "service/default/a"
+    assert [r.port for r in only_cp_vip[VIP2]] == [6443]
+
+
+def test_no_control_plane_vip_means_no_control_plane_forwarding() -> None:
+    """Issue 15 point 6: as kube-vip, an unset vip_address forwards 6443 on no tunnel VIP."""
+    cp = controlplane_targets([eps("kubernetes", [("192.168.1.10", True)],
+                                   [{"name": "https", "port": 6443, "protocol": "TCP"}])])
+    got = compute_rules([], [], cp, [VIP, VIP2], ServiceOptions())
+    assert got == {VIP: (), VIP2: ()}
+
+
+def test_a_control_plane_vip_matching_no_tunnel_is_a_problem() -> None:
+    assert cp_vip_problem(ServiceOptions(cp_vip=VIP), [VIP, VIP2]) is None
+    assert cp_vip_problem(ServiceOptions(), [VIP]) is None
+    assert cp_vip_problem(ServiceOptions(cp_vip="10.9.9.9", cp_enable=False), [VIP]) is None
+    why = cp_vip_problem(ServiceOptions(cp_vip="10.9.9.9/32"), [VIP, VIP2])
+    assert why is not None and "10.9.9.9/32 matches no tunnel VIP" in why and VIP in why
 
 
 def test_desired_ingress_only_our_vips() -> None:
@@ -152,6 +170,13 @@ class Sink:
     def __init__(self) -> None:
         self.calls: list[tuple[str, list[ForwardRule]]] = []
         self.current: dict[str, list[ForwardRule]] = {}
+        self.problems: dict[str, str] = {}
+
+    def set_problem(self, key: str, problem: str | None) -> None:
+        if problem:
+            self.problems[key] = problem
+        else:
+            self.problems.pop(key, None)
 
     async def set_forward_rules(self, vip: str, rules: Sequence[ForwardRule]) -> None:
         self.calls.append((vip, list(rules)))
@@ -196,6 +221,36 @@ async def controller(srv: FakeApiServer, sink: Sink, opts: ServiceOptions = OPTS
         await api.close()
 
 
+def svc_requests(srv: FakeApiServer) -> list[str]:
+    """The cluster-wide Service and EndpointSlice requests (not default/kubernetes)."""
+    return [r.path for r in srv.requests
+            if r.path in ("/api/v1/services", "/apis/discovery.k8s.io/v1/endpointslices")]
+
+
+def test_only_the_leader_watches_services_and_endpointslices() -> None:
+    """Issue 15 point 9: followers hold no cluster-wide watches; leading starts them, losing
+    the lead stops them and forgets their cache."""
+    async def main() -> None:
+        async with FakeApiServer(bookmark_interval=5) as srv:
+            srv.seed(svc("dns", DNS, ns="apps", ann={"kube-vip.io/loadbalancerIPs": VIP}))
+            srv.seed(eps("dns", [("10.1.0.1", True)], DNS_SLICE_PORTS, ns="apps"))
+            sink = Sink()
+            async with controller(srv, sink, ServiceOptions(cp_enable=False)) as c:
+                await c.set_tunnels(parse_tunnels(tunnels_yaml(VIP)))
+                await asyncio.sleep(0.3)
+                assert svc_requests(srv) == [] and sink.calls == []
+                await c.set_leader(True)
+                await wait_for(lambda: (53, "UDP") in sink.ports(VIP))
+                assert len(svc_requests(srv)) >= 2
+                await c.set_leader(False)
+                assert not c.services.synced.is_set() and c.services.cache == {}
+                n = len(svc_requests(srv))
+                await asyncio.sleep(0.3)
+                # no new LIST (open watch streams may still be logged as they end)
+                assert svc_requests(srv)[n:] == []
+    run(main)
+
+
 def status_puts(srv: FakeApiServer) -> list[str]:
     return [p for m, p, code in srv.responses if m == "PUT" and p.endswith("/status")
             and code == 200]
@@ -213,16 +268,19 @@ def test_controller_live_rules_status_only_as_leader_and_unchanged_not_rewritten
             sink = Sink()
             async with controller(srv, sink) as c:
                 await c.set_tunnels(parse_tunnels(tunnels_yaml(VIP)))
+                await wait_for(c.cp_slices.synced.is_set)
+                await asyncio.sleep(0.3)
+                assert status_puts(srv) == []          # follower: no writes...
+                assert svc_requests(srv) == []         # ...and no Service/slice watches
+                assert sink.calls == []
+                await c.set_leader(True)
                 await wait_for(lambda: len(sink.ports(VIP)) == 3)
                 assert sink.ports(VIP) == {
                     (53, "UDP"): {Target("10.1.0.1", 5353)},
                     (80, "TCP"): {Target("10.1.0.1", 8080)},
                     (6443, "TCP"): {Target("192.168.1.10", 6443)}}
-                n_calls = len(sink.calls)
-                await asyncio.sleep(0.3)
-                assert status_puts(srv) == []          # follower: no writes
-                await c.set_leader(True)
                 await wait_for(lambda: len(status_puts(srv)) == 1)
+                n_calls = len(sink.calls)
                 stored = srv.get("services", "apps", "dns")
                 assert stored is not None
                 assert stored["status"]["loadBalancer"]["ingress"] == desired_ingress(
@@ -247,9 +305,15 @@ def test_controller_live_rules_status_only_as_leader_and_unchanged_not_rewritten
                              ann={"kube-vip.io/loadbalancerIPs": VIP}))
                 await wait_for(lambda: set(sink.ports(VIP)) == {(6443, "TCP")})
                 # the tunnel goes away: its VIP is emptied
+                assert sink.problems == {}
                 await c.set_tunnels(parse_tunnels(tunnels_yaml(VIP2)))
                 assert sink.current[VIP] == []
-                assert set(sink.ports(VIP2)) == {(6443, "TCP")}
+                # vip_address (VIP) now matches no tunnel: no 6443 anywhere, and it is said
+                assert set(sink.ports(VIP2)) == set()
+                assert "matches no tunnel VIP" in sink.problems["vip_address"]
+                await c.set_tunnels(parse_tunnels(tunnels_yaml(VIP)))
+                await wait_for(lambda: set(sink.ports(VIP)) == {(6443, "TCP")})
+                assert sink.problems == {}
     run(main)
 
 
@@ -267,7 +331,18 @@ def test_controller_status_write_refused_by_rbac_is_survived() -> None:
                 await c.set_tunnels(parse_tunnels(tunnels_yaml(VIP)))
                 await c.set_leader(True)
                 await wait_for(lambda: (80, "TCP") in sink.ports(VIP))
-                assert ("PUT", "/api/v1/namespaces/default/services/web/status", 403) in \
-                    srv.responses
+                # the rules are pushed before the status is written: wait for the refusal
+                await wait_for(lambda: ("PUT", "/api/v1/namespaces/default/services/web/status",
+                                        403) in srv.responses)
                 assert c.status_writes == 0
     run(main)
+
+
+def test_kube_vip_address_variable_is_read_as_the_control_plane_vip() -> None:
+    """Issue 15 point 6: kube-vip reads ``address`` (and the older ``vip_address``)."""
+    from wgpy.supervisor.kube import KubeSettings
+
+    assert KubeSettings.from_env({"address": "10.200.0.1"}).vip_address == "10.200.0.1"
+    assert KubeSettings.from_env({"vip_address": "10.200.0.2", "address": "x"}).vip_address \
+        == "10.200.0.2"
+    assert KubeSettings.from_env({}).service_options().cp_vip is None

@@ -33,7 +33,6 @@ wg0:
   peerEndpoint: vpn.example.org:51820
   listenPort: 51820
   allowedIPs: [203.0.113.0/24]
-  unknownField: ignored
 wg1: {{vip: "2001:db8::8/128", privateKey: "{PRIV_B64}", peerPublicKey: "{PEER_B64}",
       peerEndpoint: "[2001:db8::50]:51821", listenPort: 51821,
       allowedIPs: [100.64.0.0/10, "2001:db8:1::/48"],
@@ -225,3 +224,21 @@ def test_diff() -> None:
     # a key change alone is a change
     rekeyed = {"wg1": Tunnel(**{**base["wg1"].__dict__, "private_key": b"\x01" * 32})}
     assert diff({"wg1": base["wg1"]}, rekeyed) == ([], ["wg1"], [])
+
+
+@pytest.mark.parametrize(("field", "hint"), [
+    ("allowedIps", 'did you mean "allowedIPs"'),     # the typo that silently dropped routes
+    ("peerendpoint", 'did you mean "peerEndpoint"'),
+    ("mtu", "known fields: vip"),
+])
+def test_unknown_tunnel_field_is_an_error_with_a_hint(field: str, hint: str) -> None:
+    """Issue 15 point 9: kube-vip ignores unknown keys, so a typo goes unnoticed."""
+    with pytest.raises(ConfigError, match=f'tunnel wg0: unknown field "{field}"') as e:
+        parse_tunnels(text({"wg0": tunnel(**{field: ["10.0.0.0/8"]})}))
+    assert hint in str(e.value) and PRIV_B64 not in str(e.value)
+
+
+def test_unknown_forward_field_is_an_error() -> None:
+    fwd = [{"port": 6443, "protocol": "TCP", "target": "127.0.0.1:6443", "tagret": "x"}]
+    with pytest.raises(ConfigError, match=r'forward\[0\]: unknown field "tagret" \(did you'):
+        parse_tunnels(text({"wg0": tunnel(forward=fwd)}))

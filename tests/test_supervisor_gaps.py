@@ -64,8 +64,9 @@ def scenario(tmp_path: Path) -> Iterator[Scenario]:
         yield sc
 
 
-def _route_dev(sc: Scenario, dst: str) -> str:
-    out = sc.topo.nodes["a"].ip("route", "get", dst).stdout.split()
+def _route_dev(sc: Scenario, dst: str, source: str | None = None) -> str:
+    extra = ["from", source] if source else []
+    out = sc.topo.nodes["a"].ip("route", "get", dst, *extra).stdout.split()
     return out[out.index("dev") + 1]
 
 
@@ -77,20 +78,21 @@ def _host_routes(sc: Scenario) -> str:
 @needs_root
 def test_allowed_ips_covering_the_endpoint_do_not_loop(scenario: Scenario) -> None:
     """allowedIPs 10.77.0.0/30 contains the VPN node (10.77.0.1) and is more specific than
-    the node's connected /24: without the pinned host route the encrypted UDP would enter
-    wg0 itself and the tunnel could never come up."""
+    the node's connected /24. The allowedIPs routes carry only traffic from the VIP (issue 15
+    point 4), so the encrypted UDP (from the pod's address) keeps the underlay: no loop, and
+    no host route needed."""
     sc = scenario
     spec = sc.wg0.spec(allowed_ips=["10.77.0.0/30", CLIENT_NETS[0]], forward=FORWARD)
     sc.write(tunnels_yaml({"wg0": spec}))
     sc.start("a")
     answered_by(sc, "a", timeout=15)
-    assert _route_dev(sc, VPN_IP) == "ul0"      # pinned: the underlay, not the tunnel
-    assert _route_dev(sc, "10.77.0.2") == "wg0"  # the rest of the /30 does go in
-    assert _host_routes(sc) != ""
-    assert "pinned its route" in sc.log("a")
+    assert _route_dev(sc, VPN_IP) == "ul0"      # the underlay, not the tunnel
+    assert _route_dev(sc, "10.77.0.2") == "ul0"  # the pod's own traffic stays out...
+    assert _route_dev(sc, "10.77.0.2", source=sc.wg0.vip) == "wg0"  # ...the VIP's goes in
+    assert _host_routes(sc) == ""
     sc.procs["a"].send_signal(signal.SIGTERM)
     assert sc.procs["a"].wait(10) == 0
-    assert _host_routes(sc) == ""  # removed on teardown
+    assert "lookup" not in sc.topo.nodes["a"].ip("rule", "show", "from", sc.wg0.vip).stdout
 
 
 # -- b. the TAI64N bound is stored before the first initiation ---------------------------------

@@ -179,6 +179,60 @@ def test_kubernetes_mode_wiring_under_deploy_rbac(tmp_path: Path) -> None:
     run(main)
 
 
+def test_vip_address_matching_no_tunnel_fails_readyz_with_an_event(tmp_path: Path) -> None:
+    """Issue 15 point 6: a vip_address that matches no tunnel is said in /readyz (503 with the
+    reason, on every node) and in a Warning Event, and 6443 is forwarded nowhere."""
+    import aiohttp
+
+    from tests.fakeapi import write_kubeconfig
+    from wgpy.supervisor.http import HttpServer
+
+    async def main() -> None:
+        async with RbacFakeApi(bookmark_interval=2) as srv:
+            deploy_rbac(srv)
+            srv.seed(secret(tunnels_yaml({"wg0": tunnel("10.200.0.1/32", 51820,
+                                                         ["10.100.0.0/16"])})))
+            srv.seed(slice_("kubernetes", ["192.168.5.5"], [("https", 6443, "TCP")]))
+            kc = write_kubeconfig(tmp_path / "kc", srv.url)
+            settings = KubeSettings.from_env(
+                {"vip_nodename": "node-a", "POD_NAMESPACE": NS, "vip_leaseduration": "2",
+                 "vip_renewdeadline": "1", "vip_retryperiod": "0.3", "svc_enable": "false",
+                 "address": "10.200.0.9"},
+                http_host="127.0.0.1", http_port=0, kubeconfig=str(kc))
+            managers: list[Supervisor] = []
+
+            def factory(identity: str, *, elector_factory: Any) -> Supervisor:
+                m = Supervisor(identity, elector_factory=elector_factory,
+                               runtime_factory=StubRuntime,
+                               forwarder_factory=StubForwarder,   # type: ignore[arg-type]
+                               restart_delay=0.1)
+                managers.append(m)
+                return m
+
+            stop = asyncio.Event()
+            task = asyncio.ensure_future(run_kubernetes_mode(settings, factory, stop=stop))
+            await wait_for(lambda: bool(managers) and managers[0].running == ["wg0"])
+            m = managers[0]
+            await wait_for(lambda: any(e["reason"] == "InvalidConfig" for e in events(srv)))
+            warn = next(e for e in events(srv) if e["reason"] == "InvalidConfig")
+            assert warn["type"] == "Warning"
+            assert "vip_address 10.200.0.9 matches no tunnel VIP (10.200.0.1)" in warn["message"]
+            assert not m.status().ready and m._running["wg0"].forwarders == {}
+            http = HttpServer(m.status, loop=asyncio.get_running_loop(), host="127.0.0.1",
+                              port=0)
+            port = await asyncio.to_thread(http.start)
+            try:
+                async with aiohttp.ClientSession() as sess, \
+                        sess.get(f"http://127.0.0.1:{port}/readyz") as r:
+                    body = await r.text()
+                assert r.status == 503 and "matches no tunnel VIP" in body, body
+            finally:
+                http.stop()
+            stop.set()
+            assert await asyncio.wait_for(task, 10) == 0
+    run(main)
+
+
 def test_settings_from_env_kube_vip_names() -> None:
     s = KubeSettings.from_env({"vip_nodename": "n1", "POD_NAMESPACE": "wg",
                                "vip_leasename": "other/my-lock", "cp_enable": "F",
@@ -380,6 +434,10 @@ def test_end_to_end_failover_secret_edits_clock_behind(tmp_path: Path) -> None:
         srv.seed(secret(tunnels_yaml({"wg0": wg0})))
         srv.seed(lb_service("dns", VIP0, [(53, "UDP", 5353)]))
         srv.seed(slice_("dns", [API_IP], [("p53", 5353, "UDP")]))
+        # the control plane is served on vip_address (VIP0) only, as kube-vip does: wg1 is
+        # checked through a LoadBalancer Service on its VIP
+        srv.seed(lb_service("api1", VIP1, [(6443, "TCP", 6443)]))
+        srv.seed(slice_("api1", [API_IP], [("p6443", 6443, "TCP")]))
         srv.seed(slice_("kubernetes", [API_IP], [("https", 6443, "TCP")]))
         kc = write_kubeconfig(tmp_path / "kubeconfig", url)
 
@@ -387,6 +445,7 @@ def test_end_to_end_failover_secret_edits_clock_behind(tmp_path: Path) -> None:
             env = {"KUBECONFIG": str(kc), "vip_nodename": f"node-{n}",
                    "POD_NAMESPACE": NS, "vip_leaseduration": "3", "vip_renewdeadline": "2",
                    "vip_retryperiod": "0.5", "cp_enable": "true", "svc_enable": "true",
+                   "vip_address": VIP0,
                    "WGPY_CLOCK_OFFSET": str(offset), "PYTHONPATH": str(ROOT)}
             log = (tmp_path / f"node-{n}.log").open("ab")
             stack.callback(log.close)
@@ -425,8 +484,15 @@ def test_end_to_end_failover_secret_edits_clock_behind(tmp_path: Path) -> None:
             assert served_by(tcp_ask(client.name, VIP0)) == "a"
             srv.seed(secret(tunnels_yaml({"wg0": wg0})))
             # the leader's and the follower's /metrics and /readyz, from inside their pods
-            met_a, ready_a = in_ns(na.name, lambda: (http_get("/metrics"), http_get("/readyz")))
-            met_b, ready_b = in_ns(nb.name, lambda: (http_get("/metrics"), http_get("/readyz")))
+            def pod_http(ns: str) -> tuple[tuple[int, str], tuple[int, str]] | None:
+                try:   # node-b may still be starting on a loaded machine: ask until ready
+                    got = in_ns(ns, lambda: (http_get("/metrics"), http_get("/readyz")))
+                except OSError:
+                    return None
+                return got if got[1][0] == 200 else None
+
+            (met_a, ready_a), (met_b, ready_b) = (poll(lambda n=n: pod_http(n), 20)
+                                                  for n in (na.name, nb.name))
             assert ready_a[0] == ready_b[0] == 200, (ready_a, ready_b)
             assert 'wgpy_leader{identity="node-a"} 1' in met_a[1]
             assert 'wgpy_leader{identity="node-b"} 0' in met_b[1]

@@ -122,6 +122,10 @@ class Device:
             ),
         )
         self.drops: Counter[str] = Counter()
+        # Destinations a decrypted packet may have (packed addresses); None: any. Others are
+        # dropped as "disallowed_destination" (the supervisor: only its VIP, so the VPN node
+        # cannot send into the cluster through the pod's forwarding).
+        self.accept_destinations: frozenset[bytes] | None = None
         self.handshakes_completed = 0
         self.timestamp_floor = tai64n.ZERO  # never send a TAI64N at or below this
         self.last_timestamp_sent = tai64n.ZERO
@@ -424,9 +428,14 @@ class Device:
         if length is None:
             self._drop("malformed_inner_packet")
             return
-        src = plaintext[12:16] if plaintext[0] >> 4 == 4 else plaintext[8:24]
+        v4 = plaintext[0] >> 4 == 4
+        src = plaintext[12:16] if v4 else plaintext[8:24]
         if self.allowed_ips.lookup(src) is not peer:
             self._drop("disallowed_source")
+            return
+        accept = self.accept_destinations
+        if accept is not None and bytes(plaintext[16:20] if v4 else plaintext[24:40]) not in accept:
+            self._drop("disallowed_destination")
             return
         self._out_packets.append(plaintext[:length] if length != len(plaintext) else plaintext)
         peer.timers_data_received(now=now)

@@ -120,6 +120,7 @@ class FastPath:
         clock: Callable[[], float],
         hand_over: Callable[[], None] | None = os.sched_yield,
         on_broken: Callable[[str], None] | None = None,
+        may_send: Callable[[], bool] | None = None,
     ) -> None:
         self.device = device
         self.tun = tun
@@ -133,6 +134,8 @@ class FastPath:
         self.tun_error: str | None = None  # set when a TUN read inside on_udp failed
         self.faults = FaultLog("fast path", clock=clock, logger=log)
         self.on_broken = on_broken  # called when faults come densely: switch me off
+        self.may_send = may_send  # asked before each send; False: dropped, counted in fenced
+        self.fenced = 0
         self._file = _raw_file(tun)
         self._read_into = self._file.readinto if self._file is not None else tun.read_into
         self._write = self._file.write if self._file is not None else tun.write
@@ -169,6 +172,9 @@ class FastPath:
         seg = self._run_seg
         self._run_n = 0
         self._run_addr = None
+        if self.may_send is not None and not self.may_send():
+            self.fenced += n
+            return
         sock = self.bind.v6 if ":" in addr[0] else self.bind.v4
         if sock is None:
             self.send_errors += n
@@ -200,6 +206,9 @@ class FastPath:
 
     def _send_one(self, data: bytes | memoryview, addr: Endpoint) -> None:
         """One datagram; a refusal by the OS is counted in ``send_errors``."""
+        if self.may_send is not None and not self.may_send():
+            self.fenced += 1
+            return
         sock = self.bind.v6 if ":" in addr[0] else self.bind.v4
         try:
             if sock is None:
@@ -474,6 +483,12 @@ class FastPath:
                         continue
                     if lookup(src) is not peer:
                         dev.drops["disallowed_source"] += 1
+                        continue
+                    accept = dev.accept_destinations
+                    if accept is not None and bytes(
+                        pkt[_V4_DST] if version == 4 else pkt[_V6_DST]
+                    ) not in accept:
+                        dev.drops["disallowed_destination"] += 1
                         continue
                     totals[1] += 1
                     if gro is not None:

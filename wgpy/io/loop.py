@@ -85,7 +85,10 @@ class DeviceRunner:
         clock: Callable[[], float] = time.monotonic,
         link_alive: Callable[[], bool] | None = None,
         fast_path: bool | None = None,
+        may_send: Callable[[], bool] | None = None,
     ) -> None:
+        """``may_send``: asked (thread-safe, cheap) before datagrams leave; when it says no
+        they are dropped and counted in ``fenced`` (the supervisor's leadership fence)."""
         self.device = device
         self.tun = tun
         self.clock = clock
@@ -101,6 +104,7 @@ class DeviceRunner:
                 clock=clock,
                 hand_over=hand_over,
                 on_broken=self.fast_path_off,
+                may_send=may_send,
             )
             if fast_path
             else None
@@ -114,6 +118,8 @@ class DeviceRunner:
         self.tun_write_errors = 0
         self.internal_errors = FaultLog("event loop", clock=clock, logger=log)
         self._link_alive = link_alive
+        self._may_send = may_send
+        self.fenced = 0
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -220,6 +226,9 @@ class DeviceRunner:
                 except OSError:
                     self.tun_write_errors += 1
         datagrams = self.device.datagrams_to_send()
+        if datagrams and self._may_send is not None and not self._may_send():
+            self.fenced += len(datagrams)
+            return
         if datagrams:
             sendto = self.bind.sendto
             for data, addr in datagrams:
@@ -342,6 +351,9 @@ class DeviceRunner:
             "fastpath_faults": fast.faults.count if fast else 0,
             "fastpath_off": int(bool(self.fast_off_reason)),
         }
+        fenced = self.fenced + (fast.fenced if fast else 0)
+        if fenced:  # datagrams held back by the may_send fence (leadership lost)
+            out["fenced"] = fenced
         if gro is not None:  # TCP segments coalesced into GSO writes (wgpy.io.gro)
             out["tun_write_errors"] += gro.errors
             out["tun_gso_writes"] = gro.coalesced

@@ -2,12 +2,14 @@
 
 kube-vip parses this YAML non-strictly and finds most mistakes only at bring-up (or never).
 We validate everything when the Secret is loaded, so a bad edit is reported with the tunnel
-and field at fault while the last good configuration stays in force. Unknown fields are
-ignored, as kube-vip does. Error messages never contain key material.
+and field at fault while the last good configuration stays in force. Unknown fields are an
+error too (kube-vip ignores them, so a typo such as ``allowedIps`` silently drops the field);
+the message suggests the field meant. Error messages never contain key material.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
@@ -25,6 +27,8 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IFNAMSIZ = 16  # Linux: 15 bytes + NUL
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 REQUIRED = ("vip", "privateKey", "peerPublicKey", "peerEndpoint", "listenPort")
+FIELDS = (*REQUIRED, "allowedIPs", "forward")
+FORWARD_FIELDS = ("port", "protocol", "target")
 PROTOCOLS = ("TCP", "UDP")
 
 
@@ -180,6 +184,7 @@ def _forwards(value: Any, t: str) -> tuple[Forward, ...]:
         w = f"{t}: forward[{i}]"
         if not isinstance(item, Mapping):
             raise ConfigError(f"{w} must be a mapping with port, protocol, target")
+        _known_keys(item, FORWARD_FIELDS, w)
         for f in ("port", "target"):
             if f not in item:
                 raise ConfigError(f'{w}: missing required field "{f}"')
@@ -195,12 +200,27 @@ def _forwards(value: Any, t: str) -> tuple[Forward, ...]:
     return tuple(out)
 
 
+def _known_keys(spec: Mapping[Any, Any], known: tuple[str, ...], where: str) -> None:
+    """Refuse a field that is not one of ``known`` (names only: values may be keys)."""
+    for key in spec:
+        if key in known:
+            continue
+        text = str(key)[:40]
+        close = difflib.get_close_matches(text, known, n=1, cutoff=0.6)
+        if not close:
+            close = [k for k in known if k.lower() == text.lower()]
+        hint = f' (did you mean "{close[0]}"?)' if close else ""
+        raise ConfigError(f'{where}: unknown field "{text}"{hint}; known fields: '
+                          f'{", ".join(known)}')
+
+
 def parse_tunnel(name: Any, spec: Any) -> Tunnel:
     """Validate one tunnel entry; errors name the tunnel and the field."""
     name = _interface_name(name)
     t = f"tunnel {name}"
     if not isinstance(spec, Mapping):
         raise ConfigError(f"{t}: expected a mapping of fields, got {type(spec).__name__}")
+    _known_keys(spec, FIELDS, t)
     for f in REQUIRED:
         if spec.get(f) in (None, ""):
             raise ConfigError(f'{t}: missing required field "{f}"')

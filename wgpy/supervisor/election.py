@@ -23,6 +23,7 @@ import contextlib
 import inspect
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -134,6 +135,14 @@ class LeaderElector:
         ok = await self._attempt(timeout=left)
         return ok and self._leading and not self._elector.has_pending()
 
+    def time_left(self) -> float:
+        """Seconds until the renew deadline, 0 when not leading. Safe from any thread (the
+        tunnels' send fence calls it): reads two numbers and the monotonic clock."""
+        if not self._leading:
+            return 0.0
+        now = self._clock() if self._clock is not None else time.monotonic()
+        return max(0.0, self._elector.renew_time_left(now=now))
+
     @property
     def last_renew(self) -> float | None:
         """Clock time of our last successful write as holder (``None`` if not holding)."""
@@ -218,11 +227,7 @@ class LeaderElector:
                 if ok:
                     break
                 now = self._now()
-                if el.must_step_down(now=now) or (
-                    el.observed is not None
-                    and el.observed.holder not in ("", self.config.identity)
-                    and el.lease_valid(now=now)
-                ):
+                if el.must_step_down(now=now) or el.held_by_other(now=now):
                     self.lost_leadership = True
                     log.error(
                         "lease %s/%s: failed to renew, stepping down",
@@ -308,6 +313,11 @@ class LeaderElector:
         body["spec"] = record.to_spec()
         model = k8s.V1Lease.from_dict(body)
         assert model is not None
+        self._elector.attempting(record)
+        # The term is timed from here, not from the reply: the server commits the write at
+        # some moment after this, and a reply delayed past leaseDuration - renewDeadline
+        # (slow etcd, SIGSTOP) must not let us lead after another node may have acquired.
+        sent = self._now()
         try:
             if create:
                 out = await self._coord.create_namespaced_lease(self.config.namespace, model)
@@ -328,7 +338,7 @@ class LeaderElector:
             log.warning("lease %s/%s: write failed: %s", self.config.namespace, self.config.name, e)
             return False
         self._lease = self._api.sanitize_for_serialization(out)
-        self._elector.succeeded(record, now=self._now())
+        self._elector.succeeded(record, now=sent)
         return True
 
     async def _release(self) -> None:
@@ -343,8 +353,8 @@ class LeaderElector:
                 )
                 self._lease = self._api.sanitize_for_serialization(lease)
                 assert self._lease is not None
-                if LeaseRecord.from_lease(self._lease).holder != self.config.identity:
-                    return
+                if not self._elector.ours(LeaseRecord.from_lease(self._lease)):
+                    return  # someone else's now (or kube-vip's, under our name)
                 rec = self._elector.release_record(wall=self._wall())
                 if rec is None:
                     return

@@ -8,8 +8,14 @@ nothing outside the pod is touched and teardown is just closing sockets.
   the next target is tried, so one dead endpoint costs a delay, not a failed connection.
 * UDP: one "flow" per client address: a connected socket to the chosen target; replies arriving
   on it go back to the client from ``VIP:port``. A flow idle for ``idle_timeout`` is closed.
-* Both are bounded (``max_connections`` / ``max_flows``); beyond the bound new connections or
-  flows are refused and counted (``refused`` and ``stats.errors``).
+* Both are bounded (``max_connections`` / ``max_flows``) and so is each client address
+  (``max_per_source``: one client cannot take every slot, e.g. with 1024 idle connections to
+  VIP:6443); beyond a bound new connections or flows are refused and counted (``refused`` and
+  ``stats.errors``).
+* Both close what is idle: a UDP flow after ``idle_timeout`` (60 s), a TCP connection with no
+  byte either way for ``idle_timeout`` (10 min; counted in ``stats.idle_closed``). That is far
+  beyond what kube-apiserver clients leave idle: client-go pings its HTTP/2 connections every
+  30 s, and watches get bookmarks, so their long-lived watch connections are never cut.
 * ``update_targets`` is live: new connections and flows use the new list at once; UDP flows to
   a removed target are closed (the client's next datagram picks a current target); established
   TCP connections are left alone, as conntrack does for DNAT.
@@ -28,7 +34,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Sequence
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 from wgpy.supervisor.model import ForwardStats, Target
 
@@ -40,7 +46,9 @@ IP_FREEBIND = 15  # linux/in.h (not exported by the socket module)
 IPV6_FREEBIND = 78  # linux/in6.h
 DEFAULT_MAX_CONNECTIONS = 1024
 DEFAULT_MAX_FLOWS = 1024
+DEFAULT_MAX_PER_SOURCE = 256  # a quarter of the bound per client address
 UDP_IDLE_TIMEOUT = 60.0
+TCP_IDLE_TIMEOUT = 600.0
 CONNECT_TIMEOUT = 3.0
 _COPY_CHUNK = 65536
 _FLOW_QUEUE = 64  # datagrams held per flow while its socket is being set up
@@ -101,6 +109,7 @@ class _Base:
         *,
         strategy: Strategy = "round-robin",
         stats: ForwardStats | None = None,
+        max_per_source: int = DEFAULT_MAX_PER_SOURCE,
     ) -> None:
         self.host = host
         self.port = port
@@ -108,6 +117,18 @@ class _Base:
         self.stats = stats if stats is not None else ForwardStats()
         self.refused = 0
         self.bound_port = 0  # the port actually bound (differs when ``port`` is 0)
+        self.max_per_source = max_per_source
+        self.per_source: dict[str, int] = {}  # client address -> open connections/flows
+
+    def _source_full(self, source: str) -> bool:
+        return self.per_source.get(source, 0) >= self.max_per_source
+
+    def _source_add(self, source: str, n: int) -> None:
+        left = self.per_source.get(source, 0) + n
+        if left > 0:
+            self.per_source[source] = left
+        else:
+            self.per_source.pop(source, None)
 
     @property
     def targets(self) -> tuple[Target, ...]:
@@ -136,20 +157,46 @@ class TcpForwarder(_Base):
         *,
         strategy: Strategy = "round-robin",
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_per_source: int = DEFAULT_MAX_PER_SOURCE,
         connect_timeout: float = CONNECT_TIMEOUT,
+        idle_timeout: float = TCP_IDLE_TIMEOUT,
         stats: ForwardStats | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(host, port, targets, strategy=strategy, stats=stats)
+        super().__init__(host, port, targets, strategy=strategy, stats=stats,
+                         max_per_source=max_per_source)
         self.max_connections = max_connections
         self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.clock = clock
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # per open connection: [last activity, client writer, upstream writer or None]
+        self._conns: dict[asyncio.Task[None], list[Any]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Bind and start accepting (``OSError`` if the address cannot be bound)."""
         sock = listening_socket(self.host, self.port, socket.SOCK_STREAM)
         self.bound_port = sock.getsockname()[1]
         self._server = await asyncio.start_server(self._accepted, sock=sock)
+        self._sweeper = asyncio.create_task(self._sweep())
+
+    def expire(self, *, now: float) -> int:
+        """Abort connections with no traffic either way for ``idle_timeout`` at ``now``."""
+        idle = [c for c in self._conns.values() if now - c[0] >= self.idle_timeout]
+        for c in idle:
+            self.stats.idle_closed += 1
+            for w in c[1:]:
+                if w is not None:
+                    w.transport.abort()
+        return len(idle)
+
+    async def _sweep(self) -> None:
+        period = max(0.05, min(5.0, self.idle_timeout / 4))
+        while True:
+            await asyncio.sleep(period)
+            self.expire(now=self.clock())
 
     def update_targets(self, targets: Sequence[Target]) -> None:
         """Use ``targets`` for new connections from now on."""
@@ -162,13 +209,23 @@ class TcpForwarder(_Base):
             self._refuse(f"connection limit {self.max_connections} reached")
             writer.transport.abort()
             return
+        peer = writer.get_extra_info("peername")
+        source = str(peer[0]) if peer else ""
+        if self._source_full(source):
+            self._refuse(f"per-source limit {self.max_per_source} reached for {source}")
+            writer.transport.abort()
+            return
         self._tasks.add(task)
+        self._conns[task] = [self.clock(), writer, None]
+        self._source_add(source, 1)
         self.stats.connections += 1
         self.stats.active += 1
         try:
             await self._serve(reader, writer)
         finally:
             self.stats.active -= 1
+            self._source_add(source, -1)
+            self._conns.pop(task, None)
             self._tasks.discard(task)
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
@@ -197,8 +254,12 @@ class TcpForwarder(_Base):
             writer.transport.abort()  # RST: the client learns at once that nobody is there
             return
         up_reader, up_writer = upstream
+        conn = self._conns.get(asyncio.current_task())  # type: ignore[arg-type]
+        if conn is not None:
+            conn[2] = up_writer
         try:
-            await asyncio.gather(self._copy(reader, up_writer), self._copy(up_reader, writer))
+            await asyncio.gather(self._copy(reader, up_writer, conn),
+                                 self._copy(up_reader, writer, conn))
         finally:
             for w in (writer, up_writer):
                 w.close()
@@ -206,9 +267,12 @@ class TcpForwarder(_Base):
                 with contextlib.suppress(Exception):
                     await w.wait_closed()
 
-    async def _copy(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    async def _copy(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                    conn: list[Any] | None = None) -> None:
         try:
             while data := await src.read(_COPY_CHUNK):
+                if conn is not None:
+                    conn[0] = self.clock()
                 self.stats.bytes += len(data)
                 dst.write(data)
                 await dst.drain()
@@ -222,6 +286,11 @@ class TcpForwarder(_Base):
 
     async def close(self) -> None:
         """Stop accepting and close every connection."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         if self._server is not None:
             self._server.close()
         for t in list(self._tasks):
@@ -307,11 +376,13 @@ class UdpForwarder(_Base):
         *,
         strategy: Strategy = "round-robin",
         max_flows: int = DEFAULT_MAX_FLOWS,
+        max_per_source: int = DEFAULT_MAX_PER_SOURCE,
         idle_timeout: float = UDP_IDLE_TIMEOUT,
         stats: ForwardStats | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(host, port, targets, strategy=strategy, stats=stats)
+        super().__init__(host, port, targets, strategy=strategy, stats=stats,
+                         max_per_source=max_per_source)
         self.max_flows = max_flows
         self.idle_timeout = idle_timeout
         self.clock = clock
@@ -353,12 +424,17 @@ class UdpForwarder(_Base):
         if len(self.flows) >= self.max_flows:
             self._refuse(f"flow limit {self.max_flows} reached")
             return None
+        source = str(addr[0])
+        if self._source_full(source):
+            self._refuse(f"per-source limit {self.max_per_source} reached for {source}")
+            return None
         order = self.picker.order()
         if not order:
             self.stats.errors += 1
             return None
         flow = _Flow(self, addr, order[0])
         self.flows[addr] = flow
+        self._source_add(source, 1)
         self.stats.connections += 1
         self.stats.active = len(self.flows)
         task = asyncio.get_running_loop().create_task(self._open(flow))
@@ -396,6 +472,7 @@ class UdpForwarder(_Base):
     def _drop_flow(self, flow: _Flow) -> None:
         if self.flows.get(flow.client) is flow:
             del self.flows[flow.client]
+            self._source_add(str(flow.client[0]), -1)
         flow.close()
         self.stats.active = len(self.flows)
 
@@ -403,6 +480,7 @@ class UdpForwarder(_Base):
         """Close flows idle for ``idle_timeout`` at ``now``; returns how many were closed."""
         idle = [f for f in self.flows.values() if now - f.last_active >= self.idle_timeout]
         for f in idle:
+            self.stats.idle_closed += 1
             self._drop_flow(f)
         return len(idle)
 

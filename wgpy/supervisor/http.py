@@ -150,6 +150,8 @@ class HttpServer:
             return web.Response(text="ready\n")
         if not st.config_loaded:
             why = "no valid tunnels configuration yet"
+        elif st.problems:
+            why = "; ".join(st.problems[k] for k in sorted(st.problems))
         else:
             down = sorted(n for n, t in st.tunnels.items() if not t.up)
             why = f"leader with tunnels down: {', '.join(down)}"

@@ -84,7 +84,9 @@ class KubeSettings:
     write_service_status: bool = True
     pod_cidr: str | None = None
     service_cidr: str | None = None
-    http_host: str = "0.0.0.0"  # noqa: S104 (the kubelet probes the pod IP)
+    # POD_IP (the DaemonSet sets it): the kubelet probes the pod IP, and a wildcard bind
+    # would also answer on the VIP, i.e. to anyone behind the VPN node
+    http_host: str = "0.0.0.0"  # noqa: S104 (only without POD_IP)
     http_port: int = 2112
     kubeconfig: str | None = None
     clock_offset: float = 0.0  # WGPY_CLOCK_OFFSET: shifts TAI64N timestamps (tests only)
@@ -110,7 +112,8 @@ class KubeSettings:
             "retry_period": _float(env.get("vip_retryperiod"), 2, "vip_retryperiod"),
             "cp_enable": go_bool(env.get("cp_enable"), True, "cp_enable"),
             "svc_enable": go_bool(env.get("svc_enable"), True, "svc_enable"),
-            "vip_address": env.get("vip_address") or None,
+            # kube-vip reads both names (``address`` is the current one)
+            "vip_address": env.get("vip_address") or env.get("address") or None,
             "svc_namespace": env.get("svc_namespace") or None,
             "lb_class_name": env.get("lb_class_name") or DEFAULT_LB_CLASS,
             "lb_class_only": go_bool(env.get("lb_class_only"), False, "lb_class_only"),
@@ -122,6 +125,7 @@ class KubeSettings:
             "service_cidr": env.get("service_cidr") or None,
             "kubeconfig": env.get("k8s_config_file") or None,
             "clock_offset": _float(env.get("WGPY_CLOCK_OFFSET"), 0.0, "WGPY_CLOCK_OFFSET"),
+            "http_host": (env.get("POD_IP") or "").strip() or "0.0.0.0",  # noqa: S104
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -228,6 +232,12 @@ async def run_kubernetes_mode(settings: KubeSettings,
     class _Sink:
         def set_forward_rules(self, vip: str, rules: Any) -> Any:
             return rules_sink().set_forward_rules(vip, rules)
+
+        async def set_problem(self, key: str, problem: str | None) -> None:
+            rules_sink().set_problem(key, problem)
+            if problem:
+                await recorder.emit(secret_ref(None, settings.cp_namespace, "wireguard"),
+                                    "Warning", "InvalidConfig", problem)
 
     services = ServiceController(api, _Sink(), settings.service_options())
     wiring = KubeWiring(settings, api, services, recorder)

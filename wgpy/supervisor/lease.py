@@ -11,7 +11,14 @@ Theory of operation (client-go ``tryAcquireOrRenew``, see docs kubernetes.md §5
 * Taking over from someone else bumps ``leaseTransitions``; renewing keeps ``acquireTime`` and
   ``leaseTransitions``.
 * A leader that cannot renew before its *renew deadline* steps down; the deadline is shorter
-  than the lease duration, so it is gone before anybody else may acquire.
+  than the lease duration, so it is gone before anybody else may acquire. The deadline is
+  counted from when the renewing request was *sent* (the server commits it no earlier, and
+  others time the lease from when they see the commit), never from when the reply arrived:
+  a reply that comes back late must not stretch our term past theirs.
+* A record naming our identity is ours only if this process wrote it. kube-vip uses the same
+  identity (the node name) on the same Lease, and a restarted pod's old term is not ours
+  either: such a record is treated as held by someone else (followed while valid, taken over
+  with a new term once expired), so we never "resume" a term we did not hold.
 
 This module reads no clock: ``now`` is monotonic seconds, wall time arrives as an aware
 ``datetime`` (only written into the Lease for humans and tools).
@@ -197,11 +204,36 @@ class Elector:
         self._reported_leader: str | None = None
         self._pending: dict[str, str | None] = {}
         self.renewed_at: float | None = None
+        # records this process wrote or is writing (the last success, and attempts since)
+        self._mine: list[LeaseRecord] = []
+
+    # ownership
+    def attempting(self, record: LeaseRecord) -> None:
+        """We are about to write ``record``: if the reply is lost, a read of it is still ours."""
+        if record.holder == self.config.identity:
+            self._mine = [*self._mine[-7:], record]
+
+    def ours(self, record: LeaseRecord | None) -> bool:
+        """True if ``record`` names us *and* this process wrote it (not kube-vip, not a previous
+        incarnation of this node)."""
+        return (
+            record is not None
+            and record.holder == self.config.identity
+            and any(record == r for r in self._mine)
+        )
+
+    def held_by_other(self, *, now: float) -> bool:
+        """A valid lease that is not ours (another node, or another writer using our name)."""
+        obs = self.observed
+        return obs is not None and obs.holder != "" and not self.ours(obs) and self.lease_valid(
+            now=now
+        )
 
     # observation
     def is_leader(self) -> bool:
-        """True if the last observed record names us (client-go ``IsLeader``)."""
-        return self.observed is not None and self.observed.holder == self.config.identity
+        """True if the last observed record is ours (client-go ``IsLeader``, but a record
+        naming us that another process wrote does not count: see :meth:`ours`)."""
+        return self.ours(self.observed)
 
     def lease_valid(self, *, now: float) -> bool:
         """``observedTime + record.leaseDurationSeconds > now`` (local monotonic clock)."""
@@ -241,7 +273,7 @@ class Elector:
         return LeaseRecord(
             holder=self.config.identity,
             duration_s=self.config.duration_seconds,
-            acquire_time=acquire,
+            acquire_time=microtime(acquire),  # a carried-over ".000000" would be refused
             renew_time=microtime(wall),
             transitions=transitions,
             annotations=base,
@@ -276,9 +308,10 @@ class Elector:
         )
 
     def succeeded(self, record: LeaseRecord, *, now: float) -> None:
-        """Our write of ``record`` was accepted."""
+        """Our write of ``record`` was accepted; ``now`` is when the request was **sent**."""
         self.observed, self.observed_time = record, now
         self.renewed_at = now if record.holder == self.config.identity else None
+        self._mine = [record] if record.holder == self.config.identity else []
         for k, v in list(self._pending.items()):
             if record.annotations.get(k) == v:
                 del self._pending[k]
@@ -308,11 +341,10 @@ class Elector:
 
     # renew deadline
     def renew_time_left(self, *, now: float) -> float:
-        """Seconds until the renew deadline (measured from our last successful write).
-
-        client-go measures it from the start of each renew cycle, i.e. up to one retry period
-        later; measuring from the last success is strictly safer and needs no extra state.
-        """
+        """Seconds until the renew deadline, measured from when our last successful write was
+        sent (client-go measures it from the start of each renew cycle, which is later; the
+        send time of the last success is the latest instant the server can have committed
+        our previous term from, so this is strictly safer)."""
         if self.renewed_at is None:
             return 0.0
         return self.renewed_at + self.config.renew_deadline - now

@@ -39,6 +39,7 @@ import contextlib
 import dataclasses
 import ipaddress
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -215,7 +216,13 @@ class Supervisor:
         self.restart_delay = restart_delay
         keylog_paths = dict(keylogs or {})  # tunnel name -> key log (debugging only)
         self._runtime_factory: RuntimeFactory = runtime_factory or (
-            lambda t: TunnelRuntime(t, wall_time_ns=wall_time_ns, keylog=keylog_paths.get(t.name))
+            lambda t: TunnelRuntime(
+                t,
+                wall_time_ns=wall_time_ns,
+                lease_left=self.lease_left,
+                targets=lambda: self._target_hosts(t),
+                keylog=keylog_paths.get(t.name),
+            )
         )
         self._forwarder_factory: ForwarderFactory = forwarder_factory or (
             lambda host, port, proto, targets: make_forwarder(
@@ -268,6 +275,14 @@ class Supervisor:
         self._config_event.set()
         return self._schedule()
 
+    def set_problem(self, key: str, problem: str | None) -> None:
+        """Record (or clear, with ``None``) a configuration that cannot be served; it makes
+        ``/readyz`` fail with that text."""
+        if problem:
+            self._status.problems[key] = problem
+        else:
+            self._status.problems.pop(key, None)
+
     def reject_config(self, error: str) -> None:
         """Count and log a configuration that failed validation; the running one stays."""
         self._status.config_rejections += 1
@@ -313,6 +328,19 @@ class Supervisor:
                 for r in rules:
                     out[(r.port, r.protocol)] = r
         return out
+
+    def _target_hosts(self, t: Tunnel) -> list[str]:
+        return [tg.host for r in self._rules_for(t).values() for tg in r.targets]
+
+    def lease_left(self) -> float:
+        """Seconds of leadership left (0 when not leading); safe to call from any thread.
+
+        Tunnels use it to bound their bring-up and as a fence on every datagram they send:
+        a leader paused past its renew deadline sends nothing when it resumes."""
+        if not self._leading:
+            return 0.0
+        time_left = getattr(self.elector, "time_left", None)
+        return float(time_left()) if time_left is not None else math.inf
 
     # -- leadership callbacks ----------------------------------------------------------------
 
@@ -550,7 +578,7 @@ class Supervisor:
 
     def status(self) -> SupervisorStatus:
         """A fresh snapshot (the HTTP server renders it at scrape time)."""
-        st = dataclasses.replace(self._status, tunnels={})
+        st = dataclasses.replace(self._status, tunnels={}, problems=dict(self._status.problems))
         for name, t in self._desired.items():
             live = self._running.get(name)
             if live is None:

@@ -100,6 +100,10 @@ def families(status: SupervisorStatus, *, now_unix: float) -> list[Family]:
                  "1 if the fast path was switched off after dense faults")
     internal = fam("tunnel_internal_errors_total", "counter",
                    "Unexpected errors in the tunnel's event loop")
+    foreign = fam("tunnel_dropped_not_for_vip_total", "counter",
+                  "Decrypted packets dropped because they were not addressed to the VIP")
+    fenced = fam("tunnel_fenced_datagrams_total", "counter",
+                 "Datagrams held back because the leadership's time was up")
     conns = fam("forwarded_connections_total", "counter",
                 "Forwarded TCP connections (UDP: client flows) by VIP port and protocol")
     dgrams = fam("forwarded_datagrams_total", "counter",
@@ -108,8 +112,10 @@ def families(status: SupervisorStatus, *, now_unix: float) -> list[Family]:
     ferrs = fam("forward_errors_total", "counter",
                 "Forwarding failures (no target reachable, refused over the bound)")
     refused = fam("forward_refused_total", "counter",
-                  "Connections or UDP flows refused because the forwarder's bound was reached "
-                  "(also counted in forward_errors_total)")
+                  "Connections or UDP flows refused because the forwarder's bound or the "
+                  "client address's bound was reached (also counted in forward_errors_total)")
+    idle = fam("forward_idle_closed_total", "counter",
+               "Connections or UDP flows closed after their idle timeout")
     active = fam("forward_active", "gauge", "Open forwarded connections or UDP flows")
     for name in sorted(status.tunnels):
         t = status.tunnels[name]
@@ -124,6 +130,8 @@ def families(status: SupervisorStatus, *, now_unix: float) -> list[Family]:
         faults.add(t.fastpath_faults, **lab)
         fp_off.add(1 if t.fastpath_off else 0, **lab)
         internal.add(t.internal_errors, **lab)
+        foreign.add(t.dropped_not_for_vip, **lab)
+        fenced.add(t.fenced, **lab)
         for (port, proto) in sorted(t.forwards):
             s = t.forwards[(port, proto)]
             flab = dict(lab, port=str(port), protocol=proto)
@@ -132,9 +140,11 @@ def families(status: SupervisorStatus, *, now_unix: float) -> list[Family]:
             fbytes.add(s.bytes, **flab)
             ferrs.add(s.errors, **flab)
             refused.add(s.refused, **flab)
+            idle.add(s.idle_closed, **flab)
             active.add(s.active, **flab)
     return [leader, ready, loaded, failovers, rejections, up, age, rx, tx, hs, hsf,
-            faults, fp_off, internal, conns, dgrams, fbytes, ferrs, refused, active]
+            faults, fp_off, internal, foreign, fenced, conns, dgrams, fbytes, ferrs, refused,
+            idle, active]
 
 
 def render(status: SupervisorStatus, *, now_unix: float) -> str:

@@ -39,7 +39,8 @@ class ForwardStats:
     bytes: int = 0
     errors: int = 0  # all failures, refusals included
     active: int = 0
-    refused: int = 0  # connections/flows refused because the forwarder's bound was reached
+    refused: int = 0  # connections/flows refused: the forwarder's or the client's bound reached
+    idle_closed: int = 0  # connections/flows closed after their idle timeout
 
 
 @dataclass(slots=True)
@@ -57,6 +58,8 @@ class TunnelStatus:
     fastpath_off: bool = False  # switched off after dense faults: the ordinary path runs
     internal_errors: int = 0
     last_fault: str = ""
+    dropped_not_for_vip: int = 0  # decrypted packets for another address (issue 15 point 5)
+    fenced: int = 0  # datagrams held back after the leadership's time was up
     # keyed by (port, protocol)
     forwards: dict[tuple[int, str], ForwardStats] = field(default_factory=dict)
 
@@ -72,6 +75,9 @@ class SupervisorStatus:
     config_loaded: bool = False
     config_note: str = ""  # e.g. why there are no tunnels ("secret ns/wireguard not found")
     tunnels: dict[str, TunnelStatus] = field(default_factory=dict)
+    # configuration that loads but cannot be served as asked (e.g. a vip_address matching no
+    # tunnel): not ready, with the reason in /readyz
+    problems: dict[str, str] = field(default_factory=dict)
 
     def degraded(self) -> list[str]:
         """One line per tunnel whose data plane has failed unexpectedly (``/healthz``)."""
@@ -94,9 +100,10 @@ class SupervisorStatus:
         the pod does everything asked of it, and a not-ready DaemonSet pod only blocks
         rollouts (kubelet and the DaemonSet controller count it unavailable) without helping
         anyone. The reason is in the ``/readyz`` text and :attr:`config_note`. Not ready
-        means: no configuration read yet, or a leader with a tunnel down.
+        means: no configuration read yet, a configuration that cannot be served
+        (:attr:`problems`), or a leader with a tunnel down.
         """
-        if not self.config_loaded:
+        if not self.config_loaded or self.problems:
             return False
         if not self.leader:
             return True

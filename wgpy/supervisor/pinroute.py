@@ -1,12 +1,12 @@
 """Keep the tunnel's own UDP out of the tunnel: a host route for the VPN node's endpoint.
 
-A tunnel routes each allowedIPs CIDR into its TUN in the pod's main table. When allowedIPs
-covers the VPN node's endpoint address (``0.0.0.0/0`` minus private ranges with a public VPN
-node, say), the encrypted UDP to the endpoint would be routed into the tunnel itself: a loop,
-and the tunnel never comes up. kube-vip avoids it with fwmark policy routing on the host; in
-the pod's own namespace a host route is enough: before the allowedIPs routes are added we ask
-the kernel how it reaches the endpoint *now* (``ip route get``) and pin that answer as
-``<endpoint>/32 via <gateway> dev <oif>``, which is more specific than any allowedIPs route.
+A tunnel's allowedIPs routes only carry traffic from its VIP (:mod:`wgpy.supervisor.srcroute`),
+so they never capture the encrypted UDP, which leaves from the pod's own address. The one route
+a tunnel puts in the pod's main table is its VIP's prefix (``vip: 10.77.0.100/24``, say); when
+that prefix covers the VPN node's endpoint, the encrypted UDP would be routed into the tunnel
+itself: a loop, and the tunnel never comes up. So before the VIP is added we ask the kernel how
+it reaches the endpoint *now* (``ip route get``) and pin that answer as
+``<endpoint>/32 via <gateway> dev <oif>``, which is more specific than the VIP's prefix.
 
 Two tunnels may share a VPN node address (different ports), so pins are reference-counted per
 address; a route that existed before we looked (an operator's) is used but never deleted.

@@ -26,6 +26,7 @@ Rules, from kube-vip's WireGuard path (docs kube-vip-wireguard.md §6, §7), wit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import ipaddress
 import logging
@@ -56,7 +57,7 @@ class ServiceOptions:
     lb_class_only: bool = False
     lb_class_legacy: bool = True
     cp_enable: bool = True
-    cp_vip: str | None = None  # None: the control plane is served on every tunnel VIP
+    cp_vip: str | None = None  # None: no control-plane forwarding (kube-vip: no VIP, no cp)
     svc_enable: bool = True
     write_status: bool = True
 
@@ -181,7 +182,9 @@ def compute_rules(
     by_vip: dict[str, list[ForwardRule]] = {v: [] for v in vipset}
     taken: dict[tuple[str, int, str], str] = {}
     if opts.cp_enable and cp_targets:
-        cp_vips = [v for v in vipset if opts.cp_vip is None or v == _ip(opts.cp_vip)]
+        # kube-vip serves the control plane on its control-plane VIP only; without one
+        # (vip_address/address unset) there is nothing to serve it on.
+        cp_vips = [v for v in vipset if opts.cp_vip is not None and v == _ip(opts.cp_vip)]
         for v in cp_vips:
             by_vip[v].append(ForwardRule(CONTROLPLANE_PORT, "TCP", tuple(cp_targets),
                                          "controlplane"))
@@ -213,6 +216,17 @@ def compute_rules(
     return {v: tuple(sorted(r, key=lambda x: (x.port, x.protocol))) for v, r in by_vip.items()}
 
 
+def cp_vip_problem(opts: ServiceOptions, vips: Iterable[str]) -> str | None:
+    """Why the control plane cannot be served as configured (``None``: it can, or is off)."""
+    vipset = set(vips)
+    if not opts.cp_enable or opts.cp_vip is None or not vipset:
+        return None
+    if _ip(opts.cp_vip) in vipset:
+        return None
+    return (f"vip_address {opts.cp_vip} matches no tunnel VIP ({', '.join(sorted(vipset))}): "
+            "the control plane is not forwarded")
+
+
 def desired_ingress(svc: Obj, vips: Iterable[str]) -> list[dict[str, Any]]:
     """``status.loadBalancer.ingress`` for the Service's addresses that are our VIPs."""
     vipset = set(vips)
@@ -240,9 +254,17 @@ class RuleSink(Protocol):
 
     def set_forward_rules(self, vip: str, rules: Sequence[ForwardRule]) -> Any: ...
 
+    # optional: ``set_problem(key, text or None)``, a configuration that cannot be served
+
 
 class ServiceController:
-    """Watch Services and EndpointSlices; push rules per VIP; write Service status as leader."""
+    """Watch Services and EndpointSlices; push rules per VIP; write Service status as leader.
+
+    Only the leader watches Services and EndpointSlices (cluster-wide, or ``svc_namespace``):
+    N followers holding N cluster-wide watches would load the API server for nothing. A new
+    leader lists them first (one LIST, a fraction of a second) and then pushes its rules; the
+    small ``default/kubernetes`` watch for the control plane runs on every node.
+    """
 
     def __init__(self, api: Any, sink: RuleSink, opts: ServiceOptions,
                  *, backoff: Backoff | None = None) -> None:
@@ -259,7 +281,10 @@ class ServiceController:
         self._cp_last: tuple[Target, ...] = ()
         self._lock = asyncio.Lock()
         self.status_writes = 0
+        self.problem: str | None = None  # a configuration that cannot be served (see /readyz)
         self.reflectors: list[Reflector] = []
+        self._leader_only: list[Reflector] = []  # run while leading (Services, slices)
+        self._leader_task: asyncio.Future[Any] | None = None
         kw: dict[str, Any] = {"on_change": self._changed, "on_synced": self.reconcile}
         if opts.svc_enable:
             if opts.namespace:
@@ -275,6 +300,7 @@ class ServiceController:
             self.slices = Reflector("endpointslices", *sl_call, label_selector=SERVICE_NAME_LABEL,
                                     backoff=backoff, **kw)
             self.reflectors += [self.services, self.slices]
+            self._leader_only = [self.services, self.slices]
         if opts.cp_enable:
             self.cp_slices = Reflector(
                 "controlplane", self._disc.list_namespaced_endpoint_slice_without_preload_content,
@@ -283,8 +309,25 @@ class ServiceController:
             self.reflectors.append(self.cp_slices)
 
     async def run(self) -> None:
-        """Run the reflectors until cancelled."""
-        await asyncio.gather(*(r.run() for r in self.reflectors))
+        """Run the reflectors every node needs until cancelled (the leader's own ones run
+        between :meth:`set_leader` calls)."""
+        try:
+            await asyncio.gather(*(r.run() for r in self.reflectors
+                                   if r not in self._leader_only))
+            await asyncio.Event().wait()  # nothing to run on every node: wait for cancel
+        finally:
+            await self._stop_leader_watches()
+
+    async def _stop_leader_watches(self) -> None:
+        task, self._leader_task = self._leader_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for r in self._leader_only:  # a stale cache must not serve the next term
+            r.cache.clear()
+            r.synced.clear()
+            r.resource_version = ""
 
     async def set_tunnels(self, tunnels: Mapping[str, Tunnel]) -> None:
         self._vips = {str(t.vip.ip) for t in tunnels.values()}
@@ -293,7 +336,12 @@ class ServiceController:
     async def set_leader(self, leader: bool) -> None:
         self._leader = leader
         if leader:
+            if self._leader_only and self._leader_task is None:
+                self._leader_task = asyncio.ensure_future(
+                    asyncio.gather(*(r.run() for r in self._leader_only)))
             await self.reconcile()
+        else:
+            await self._stop_leader_watches()
 
     @property
     def rules(self) -> RuleMap:
@@ -306,8 +354,19 @@ class ServiceController:
     async def reconcile(self) -> None:
         """Recompute everything from the caches; push only what changed."""
         async with self._lock:
+            problem = cp_vip_problem(self.opts, self._vips)  # every node says so
+            if problem != self.problem:
+                self.problem = problem
+                if problem:
+                    log.error("%s", problem)
+                report = getattr(self._sink, "set_problem", None)
+                result = report("vip_address", problem) if report is not None else None
+                if inspect.isawaitable(result):
+                    await result
             if not all(r.synced.is_set() for r in self.reflectors):
-                return  # a partial view would tear down rules that are still valid
+                # A partial view would tear down rules that are still valid; a follower
+                # (no Service watches) keeps what it has until it leads and has listed.
+                return
             services = list(self.services.cache.values()) if self.opts.svc_enable else []
             slices = list(self.slices.cache.values()) if self.opts.svc_enable else []
             cp: tuple[Target, ...] = ()

@@ -34,6 +34,9 @@ import aiohttp
 
 log = logging.getLogger(__name__)
 
+LIST_PAGE = 500  # objects per LIST page (client-go's pager default)
+LIST_TIMEOUT = 60.0  # seconds one LIST page may take before it is retried
+
 Obj = dict[str, Any]
 Key = tuple[str, str]  # (namespace, name)
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
@@ -130,6 +133,8 @@ class Reflector:
         label_selector: str | None = None,
         watch_timeout: int = 290,
         backoff: Backoff | None = None,
+        page_size: int = LIST_PAGE,
+        list_timeout: float = LIST_TIMEOUT,
     ) -> None:
         self.name = name
         self._call = call
@@ -142,6 +147,8 @@ class Reflector:
         if label_selector:
             self._selectors["label_selector"] = label_selector
         self.watch_timeout = watch_timeout
+        self.page_size = page_size
+        self.list_timeout = list_timeout
         self.backoff = backoff or Backoff()
         self.cache: dict[Key, Obj] = {}
         self.resource_version = ""
@@ -182,14 +189,29 @@ class Reflector:
                 await asyncio.sleep(delay)
 
     async def _list(self) -> None:
-        resp = await self._call(*self._args, **self._selectors)
-        await _raise_for_status(resp)
-        try:
-            body = await resp.json(content_type=None)
-        finally:
-            resp.release()
-        items = body.get("items") or []
-        rv = str((body.get("metadata") or {}).get("resourceVersion") or "")
+        """The collection, in pages of ``page_size`` (client-go's pager), each request
+        bounded by ``list_timeout``: a stalled LIST is retried, not waited on forever. An
+        expired continue token (410) relists from the start."""
+        items: list[Obj] = []
+        token = ""
+        rv = ""
+        while True:
+            kw: dict[str, Any] = dict(self._selectors, limit=self.page_size,
+                                      _request_timeout=self.list_timeout)
+            if token:
+                kw["_continue"] = token
+            resp = await self._call(*self._args, **kw)
+            await _raise_for_status(resp)
+            try:
+                body = await resp.json(content_type=None)
+            finally:
+                resp.release()
+            items += body.get("items") or []
+            meta = body.get("metadata") or {}
+            rv = str(meta.get("resourceVersion") or rv)
+            token = str(meta.get("continue") or "")
+            if not token:
+                break
         fresh: dict[Key, Obj] = {key_of(o): o for o in items}
         changes: list[Change] = []
         for k, old in self.cache.items():
