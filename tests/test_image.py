@@ -307,13 +307,18 @@ def test_ping_and_1mb_tcp_from_inside_the_container(running: Running) -> None:
 # -- the DaemonSet's own command: `wgpy supervisor` against a fake API server ---------------------
 
 API_VETH, NODE_VETH = "10.250.7.1/24", "10.250.7.2/24"
+POD_IP = NODE_VETH.partition("/")[0]  # the container shares the node namespace's network
 NODE_NAME = "node-image"
 
 
 def _pod_env(container: dict[str, Any], namespace: str) -> list[str]:
     """The manifest's env as ``--env`` flags, the downward-API fields filled as the kubelet
-    would fill them on node ``NODE_NAME`` in ``namespace``."""
-    fields = {"spec.nodeName": NODE_NAME, "metadata.namespace": namespace}
+    would fill them on node ``NODE_NAME`` in ``namespace``, for a pod at ``POD_IP``."""
+    fields = {
+        "spec.nodeName": NODE_NAME,
+        "metadata.namespace": namespace,
+        "status.podIP": POD_IP,
+    }
     out = []
     for e in container["env"]:
         value = e["value"] if "value" in e else fields[e["valueFrom"]["fieldRef"]["fieldPath"]]
@@ -322,8 +327,9 @@ def _pod_env(container: dict[str, Any], namespace: str) -> list[str]:
 
 
 def _http_get(ns: netns.Namespace, path: str) -> int:
-    """The status of ``GET http://127.0.0.1:2112/PATH`` from inside ``ns`` (a kubelet probe)."""
-    url = f"http://127.0.0.1:2112{path}"
+    """The status of ``GET http://POD_IP:2112/PATH`` from inside ``ns``, as the kubelet probes
+    (the supervisor listens on the pod IP only, not on the VIP or loopback)."""
+    url = f"http://{POD_IP}:2112{path}"
     script = ("import sys, urllib.error, urllib.request\n"
               "try:\n"
               f"    print(urllib.request.urlopen({url!r}, timeout=5).status)\n"
