@@ -36,10 +36,18 @@ def source_bytes(ip_packed: bytes, port: int) -> bytes:
     return ip_packed + port.to_bytes(2, "big")
 
 
-class CookieChecker:
-    """Receiver side of mac1/mac2 for our own static public key."""
+COOKIE_CACHE_SIZE = 4096  # sources whose cookie is kept until the secret changes
 
-    __slots__ = ("_cookie_key", "_mac1_key", "_rng", "_secret", "_secret_time")
+
+class CookieChecker:
+    """Receiver side of mac1/mac2 for our own static public key.
+
+    The cookie of a source is a MAC of its address under the secret, the same for the
+    secret's 120 s lifetime: it is computed once per source and secret and cached (bounded;
+    a full cache starts over), which a flood from a few sources asks for many times a second.
+    """
+
+    __slots__ = ("_cookie_key", "_cookies", "_mac1_key", "_rng", "_secret", "_secret_time")
 
     def __init__(self, local_public: bytes, *, rng: Rng = secrets.token_bytes) -> None:
         self._mac1_key = mac1_key(local_public)
@@ -47,13 +55,19 @@ class CookieChecker:
         self._rng = rng
         self._secret = b""
         self._secret_time: float | None = None
+        self._cookies: dict[bytes, bytes] = {}
 
     def check_mac1(self, msg: bytes | memoryview) -> bool:
         n = len(msg)
         return crypto.equal(crypto.mac(self._mac1_key, msg[: n - 32]), msg[n - 32 : n - 16])
 
     def _cookie(self, source: bytes) -> bytes:
-        return crypto.mac(self._secret, source)
+        cookie = self._cookies.get(source)
+        if cookie is None:
+            if len(self._cookies) >= COOKIE_CACHE_SIZE:
+                self._cookies.clear()
+            cookie = self._cookies[source] = crypto.mac(self._secret, source)
+        return cookie
 
     def check_mac2(self, msg: bytes | memoryview, source: bytes, *, now: float) -> bool:
         """True when mac2 is the MAC of a cookie we issued to ``source`` < 120 s ago."""
@@ -73,6 +87,7 @@ class CookieChecker:
         if self._secret_time is None or now - self._secret_time > COOKIE_REFRESH_TIME:
             self._secret = self._rng(32)
             self._secret_time = now
+            self._cookies.clear()
         n = len(msg)
         mac1 = bytes(msg[n - 32 : n - 16])
         nonce = self._rng(crypto.XNONCE_SIZE)
@@ -83,6 +98,7 @@ class CookieChecker:
         """Install a fixed secret (test vectors and deterministic simulations)."""
         self._secret = secret
         self._secret_time = now
+        self._cookies.clear()
 
 
 class CookieGenerator:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from noise import crypto
-from tests.pair import A_TUN, B_ADDR, B_TUN, Link, Pair, ipv4
+from tests.pair import A_ADDR, A_TUN, B_ADDR, B_TUN, Link, Pair, ipv4
 from wgpy import messages
 from wgpy.constants import REJECT_AFTER_MESSAGES
 
@@ -247,6 +247,27 @@ def test_endpoint_unknown_means_no_handshake() -> None:
     p.a.receive_tun_packet(ipv4(A_TUN, B_TUN, b"x"), now=0.0)
     assert p.a.datagrams_to_send() == []
     assert len(p.pb.staged) == 1
+
+
+def test_staged_packets_follow_the_confirming_packets_address() -> None:
+    """The responder's packets staged before the initiator confirmed the session go to the
+    address the confirmation came from, not the old endpoint (wireguard-go: endpoint first,
+    then the staged packets; issue 16)."""
+    p = Pair()
+    p.a.receive_tun_packet(ipv4(A_TUN, B_TUN, b"from a"), now=0.0)
+    (init, _), = p.a.datagrams_to_send()
+    p.b.receive_datagram(init, A_ADDR, now=0.0)
+    (resp, _), = p.b.datagrams_to_send()
+    p.b.receive_tun_packet(ipv4(B_TUN, A_TUN, b"staged on b"), now=0.0)
+    assert p.b.datagrams_to_send() == [] and len(p.pa.staged) == 1  # waits for confirmation
+    p.a.receive_datagram(resp, B_ADDR, now=0.0)
+    (confirm, _), = p.a.datagrams_to_send()
+    roamed = ("198.51.100.9", 41000)
+    p.b.receive_datagram(confirm, roamed, now=0.0)
+    out = p.b.datagrams_to_send()
+    assert out and [addr for _, addr in out] == [roamed] * len(out)
+    p.a.receive_datagram(out[0][0], B_ADDR, now=0.0)
+    assert p.a.tun_packets_to_write() == [ipv4(B_TUN, A_TUN, b"staged on b")]
 
 
 def test_decrypted_packets_only_for_accepted_destinations() -> None:

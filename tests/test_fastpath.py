@@ -8,6 +8,7 @@ counters and timers as the per-packet path.
 from __future__ import annotations
 
 import errno
+import os
 import select
 import socket
 import struct
@@ -46,11 +47,24 @@ class Side:
     peer: Peer  # the other side, as this side's peer
 
     def drain(self, sock: socket.socket | None = None) -> None:
-        """Let the fast path take everything queued on the UDP socket."""
+        """Let the fast path take everything queued on the UDP socket; after each read, work
+        on the handshake backlog as the event loop does (its timer step)."""
         s = sock or self.bind.v4
         assert s is not None
         while select.select([s], [], [], 0.05)[0]:
             self.fast.on_udp(s)
+            self.loop_step()
+
+    def loop_step(self) -> None:
+        """What DeviceRunner.run does after the events of a wake-up: the due timers (the
+        handshake backlog among them), then the Device's output."""
+        now = self.fast.clock()
+        deadline = self.dev.get_timer()
+        if deadline is not None and now >= deadline:
+            self.dev.handle_timer(now=now)
+        for p in self.dev.tun_packets_to_write():
+            self.tun.write(p)
+        self.fast.send_device_output()
 
 
 @pytest.fixture
@@ -253,6 +267,48 @@ def test_gro_buffers_are_split_into_datagrams(sides: tuple[Side, Side, Clock]) -
     assert a.fast.gso  # the kernel took the UDP_SEGMENT sends
     b.drain()
     assert b.tun.take() == packets
+
+
+class RefusingSocket:
+    """A UDP socket whose GSO sends (``sendmsg``) fail with ``code``; the rest goes through."""
+
+    def __init__(self, inner: socket.socket, code: int) -> None:
+        self.inner, self.code, self.refused = inner, code, 0
+
+    def sendmsg(self, *_args: Any) -> int:
+        self.refused += 1
+        raise OSError(self.code, os.strerror(self.code))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize(
+    ("code", "gso_after"), [(errno.EINVAL, True), (errno.EOPNOTSUPP, True), (errno.EIO, False)]
+)
+def test_only_eio_turns_gso_off_for_good(
+    sides: tuple[Side, Side, Clock], code: int, gso_after: bool
+) -> None:
+    """A refused GSO send goes out datagram by datagram; only EIO (no checksum offload)
+    turns GSO off for the process, as in wireguard-go (issue 16)."""
+    a, b, _ = sides
+    handshake(a, b)
+    real = a.bind.v4
+    assert real is not None
+    refusing = RefusingSocket(real, code)
+    a.bind.v4 = refusing  # type: ignore[assignment]
+    try:
+        for round_ in range(2):
+            packets = [ipv4(A_TUN, B_TUN, struct.pack("!II", round_, i) * 150) for i in range(20)]
+            a.tun.inject_many(packets)
+            a.fast.on_tun()
+            b.drain()
+            assert b.tun.take() == packets  # nothing lost to the refusal
+    finally:
+        a.bind.v4 = real
+    assert a.fast.gso is gso_after
+    assert a.fast.gso_refused == refusing.refused == (2 if gso_after else 1)
+    assert a.fast.send_errors == 0
 
 
 class AnsweringTun(MemoryTun):

@@ -104,18 +104,46 @@ def test_an_exception_escaping_the_fast_path_switches_it_off() -> None:
             deadline = time.monotonic() + 10
             while not cond():
                 assert time.monotonic() < deadline, runner.io_counters()
-                sender.sendto(b"\x09junk", ("127.0.0.1", port))  # no such message type
+                sender.sendto(b"\x04\x00\x00\x00junk", ("127.0.0.1", port))  # too short
                 time.sleep(0.02)
 
         poll(lambda: runner.fast is None)
         counters = runner.io_counters()
         assert counters["fastpath_off"] == 1 and counters["internal_errors"] >= 1
         assert "RuntimeError: injected" in runner.fast_off_reason
-        before = runner.device.drops["unknown_type"]
-        poll(lambda: runner.device.drops["unknown_type"] > before)  # the ordinary path reads
+        before = runner.device.drops["malformed"]
+        poll(lambda: runner.device.drops["malformed"] > before)  # the ordinary path reads
         assert thread.is_alive()
     finally:
         sender.close()
         runner.stop()
         thread.join(10)
     assert not thread.is_alive()
+
+
+def test_padding_follows_the_live_tun_mtu() -> None:
+    """wireguard-go pads to the TUN's current MTU; ``ip link set mtu`` changes it at any time
+    (issue 16). A 1290-byte packet pads to 1296 at MTU 1420 and to 1292 at MTU 1292."""
+    from tests.pair import A_TUN, B_TUN, Pair, ipv4
+    from tun.memory import MemoryTun
+    from wgpy.io.loop import DeviceRunner
+
+    p = Pair()
+    p.send_a(b"first")  # a session both ways
+    p.pump()
+    assert p.pb.current is not None
+    tun = MemoryTun("mtu0")
+    runner = DeviceRunner(p.a, tun, fast_path=False)
+    try:
+        packet = ipv4(A_TUN, B_TUN, bytes(1290 - 20))
+        assert len(packet) == 1290
+        sizes = []
+        for mtu, sync in ((1420, runner.sync_mtu), (1292, runner._housekeeping)):
+            tun.mtu = mtu
+            sync()  # at start, then once a second in the loop
+            p.a.receive_tun_packet(packet, now=p.clock.now)
+            (datagram, _), = p.a.datagrams_to_send()
+            sizes.append(len(datagram) - 32)  # header and tag
+        assert sizes == [1296, 1292]
+    finally:
+        runner.close()

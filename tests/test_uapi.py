@@ -321,6 +321,11 @@ BAD_SETS: list[tuple[list[str], int, str]] = [
     (["listen_port=0x10"], errno.EINVAL, "listen_port"),
     (["listen_port=\u0661"], errno.EINVAL, "listen_port"),  # Arabic-Indic digit one
     (["fwmark=4294967296"], errno.EINVAL, "fwmark"),
+    # more digits than Python's int() takes (4300): a UAPI error, not a ValueError (issue 16)
+    (["listen_port=" + "9" * 4301], errno.EINVAL, "listen_port"),
+    (["fwmark=" + "1" * 5000], errno.EINVAL, "fwmark"),
+    ([f"public_key={K1.hex()}", "persistent_keepalive_interval=" + "7" * 4400], errno.EINVAL, "p"),
+    ([f"public_key={K1.hex()}", "endpoint=192.0.2.1:" + "5" * 4400], errno.EINVAL, "endpoint"),
     (["fwmark=0x10"], errno.EINVAL, "fwmark"),
     (["replace_peers=false"], errno.EINVAL, "replace_peers"),
     (["replace_peers=TRUE"], errno.EINVAL, "replace_peers"),
@@ -345,6 +350,12 @@ def test_set_errors(lines: list[str], code: int, message: str) -> None:
         parse_set(lines)
     assert ei.value.errno == code
     assert message in str(ei.value)
+
+
+def test_leading_zeros_are_read_as_go_reads_them() -> None:
+    """strconv.ParseUint takes leading zeros, however many: so does the parser."""
+    req = parse_set(["listen_port=" + "0" * 5000 + "51820", "fwmark=" + "0" * 4400])
+    assert req.listen_port == 51820 and req.fwmark == 0
 
 
 def test_error_messages_never_contain_keys() -> None:

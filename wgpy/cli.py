@@ -20,7 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
-from wgpy.keys import generate_preshared_key, generate_private_key, public_key, to_base64
+from wgpy.keys import (
+    KEY_B64_LEN,
+    decode_base64_key,
+    generate_preshared_key,
+    generate_private_key,
+    public_key,
+    to_base64,
+)
 
 PROG = "wgpy"
 
@@ -69,28 +76,9 @@ def usage() -> str:
 
 # --- keys (wireguard-tools genkey.c / pubkey.c) -------------------------------------------------
 
-_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-_B64_VALUE = {c: i for i, c in enumerate(_B64)}
-KEY_B64_LEN = 44
-
-
 def decode_key(text: bytes) -> bytes | None:
-    """``key_from_base64``: exactly 44 characters ending in one ``=``, canonical padding bits.
-
-    Stricter than Python's base64 on purpose: ``wg`` rejects a key whose unused low bits in
-    the last character are set, so two spellings of one key never both work.
-    """
-    if len(text) != KEY_B64_LEN or text[-1:] != b"=":
-        return None
-    chars = text[:43].decode("latin-1")
-    if any(c not in _B64_VALUE for c in chars):
-        return None
-    value = 0
-    for c in chars:
-        value = (value << 6) | _B64_VALUE[c]
-    if value & 0b11:  # 43 * 6 = 258 bits; the last 2 carry no key bits and must be zero
-        return None
-    return (value >> 2).to_bytes(32, "big")
+    """``key_from_base64``: :func:`wgpy.keys.decode_base64_key`, the one strict decoder."""
+    return decode_base64_key(text)
 
 
 def _warn_if_world_accessible() -> None:

@@ -30,10 +30,16 @@ REPLAY_WINDOW = (128 - 1) * 64  # 8128, as wireguard-go and the kernel
 MAX_STAGED_PACKETS = 128  # per peer; the oldest is dropped when full (kernel behaviour)
 MAX_PEERS = 1 << 16
 MAX_ALLOWED_IPS = 1 << 20  # across all peers of a device
-MAX_PENDING_HANDSHAKES = 1024  # handshake messages handled per wake-up before "under load"
-# Above this many handshake messages per second the device is "under load": it demands
-# cookies (mac2) and rate-limits per source. wireguard-go measures a queue depth instead
-# (>= 128 of 1024); a sans-IO core has no queue, so it measures the arrival rate.
+# The handshake backlog (wgpy/backlog.py): handshake messages wait in a bounded queue, as in
+# wireguard-go (QueueHandshakeSize 1024); what does not fit is dropped before mac1.
+MAX_QUEUED_HANDSHAKES = 1024
+# A backlog this deep means the thread cannot keep up: "under load" (wireguard-go: 1024/8).
+UNDER_LOAD_BACKLOG = MAX_QUEUED_HANDSHAKES // 8
+HANDSHAKES_PER_WAKEUP = 64  # messages worked on per wake-up of the event loop
+HANDSHAKES_PER_SECOND = 10_000  # on average (a token bucket, burst 1000)
+# Also "under load" above this many handshake messages per second, however short the
+# backlog: a rate that the thread just keeps up with would otherwise buy an attacker a
+# Diffie-Hellman per message (≈ 80 µs each) without ever filling the backlog.
 UNDER_LOAD_RATE = 1000
 UNDER_LOAD_STICKY = 1.0  # seconds the under-load state lasts after the last trigger
 MAX_DATAGRAM = 65535

@@ -42,10 +42,14 @@ from noise.handshake import (
 )
 from wgpy import handshakes, messages
 from wgpy.allowedips import AllowedIPs
+from wgpy.backlog import HandshakeBacklog, is_first_contact
 from wgpy.constants import (
     DEFAULT_MTU,
+    HANDSHAKES_PER_SECOND,
+    HANDSHAKES_PER_WAKEUP,
     MAX_ALLOWED_IPS,
     MAX_PEERS,
+    MAX_QUEUED_HANDSHAKES,
     MAX_TIMER_HANDSHAKES,
     REJECT_AFTER_MESSAGES,
     REJECT_AFTER_TIME,
@@ -53,7 +57,9 @@ from wgpy.constants import (
     REKEY_AFTER_TIME,
     REKEY_ON_RECEIVE_AGE,
     REKEY_TIMEOUT,
+    UNDER_LOAD_BACKLOG,
     UNDER_LOAD_RATE,
+    UNDER_LOAD_STICKY,
     ZERO_KEY_MATERIAL_AFTER,
 )
 from wgpy.errors import CapacityError, ConfigError
@@ -63,6 +69,12 @@ from wgpy.ratelimiter import RateLimiter
 
 Rng = Callable[[int], bytes]
 _HEADER = messages.TRANSPORT_HEADER
+# handshake message types and their exact sizes: the only check before the backlog
+_HANDSHAKE_SIZES = {
+    messages.MESSAGE_INITIATION: messages.MESSAGE_INITIATION_SIZE,
+    messages.MESSAGE_RESPONSE: messages.MESSAGE_RESPONSE_SIZE,
+    messages.MESSAGE_COOKIE_REPLY: messages.MESSAGE_COOKIE_REPLY_SIZE,
+}
 
 
 class Device:
@@ -79,6 +91,9 @@ class Device:
         max_allowed_ips: int = MAX_ALLOWED_IPS,
         under_load_rate: int = UNDER_LOAD_RATE,
         key_log_sink: Callable[[SessionSecrets], None] | None = None,
+        handshakes_per_wakeup: int = HANDSHAKES_PER_WAKEUP,
+        handshakes_per_second: float = HANDSHAKES_PER_SECOND,
+        max_queued_handshakes: int = MAX_QUEUED_HANDSHAKES,
     ) -> None:
         self.wall_time_ns = wall_time_ns
         self.rng = rng
@@ -97,6 +112,15 @@ class Device:
         # u32 index -> (peer, keypair); keypair None = the peer's pending handshake
         self.index_table: dict[int, tuple[Peer, Keypair | None]] = {}
         self.rate_limiter = RateLimiter()
+        self.cookie_limiter = RateLimiter()  # cookie replies per source, under load
+        self.backlog = HandshakeBacklog(
+            capacity=max_queued_handshakes,
+            limit=handshakes_per_wakeup,
+            per_second=handshakes_per_second,
+            under_load_depth=max(
+                1, max_queued_handshakes * UNDER_LOAD_BACKLOG // MAX_QUEUED_HANDSHAKES
+            ),
+        )
         self.drops: Counter[str] = Counter()
         # Destinations a decrypted packet may have (packed addresses); None: any. Others are
         # dropped as "disallowed_destination" (the supervisor: only its VIP, so the VPN node
@@ -126,8 +150,9 @@ class Device:
         return out
 
     def get_timer(self) -> float | None:
-        """The earliest deadline of any peer timer, or ``None`` when nothing is armed."""
-        best: float | None = None
+        """The earliest deadline of any peer timer or of the handshake backlog (when its
+        budget lets the next message through), or ``None`` when nothing is armed."""
+        best = self.backlog.ready_at()
         for peer in self.peers.values():
             for t in timer_deadlines(peer):
                 if t is not None and (best is None or t < best):
@@ -236,6 +261,7 @@ class Device:
         for peer in self.peers.values():
             self._zero_key_material(peer)
             peer.stop_timers()
+        self.backlog.clear()
         self._out_datagrams.clear()
         self._out_packets.clear()
 
@@ -310,19 +336,54 @@ class Device:
     def receive_datagram(self, data: bytes, addr: Endpoint, *, now: float) -> None:
         """Process one UDP datagram from ``addr``. Never raises on remote input.
 
-        After calling this, drain ``datagrams_to_send`` and ``tun_packets_to_write``.
+        A handshake message goes through the backlog (:meth:`queue_handshake`), which is then
+        worked on within its budget (:meth:`process_handshakes`). After calling this, drain
+        ``datagrams_to_send`` and ``tun_packets_to_write``.
         """
-        t = messages.message_type(data)
-        if t == messages.MESSAGE_TRANSPORT:
+        if messages.message_type(data) == messages.MESSAGE_TRANSPORT:
             self._receive_transport(data, addr, now=now)
-        elif t == messages.MESSAGE_INITIATION:
-            handshakes.receive_initiation(self, data, addr, now=now)
-        elif t == messages.MESSAGE_RESPONSE:
-            handshakes.receive_response(self, data, addr, now=now)
-        elif t == messages.MESSAGE_COOKIE_REPLY:
-            handshakes.receive_cookie_reply(self, data, now=now)
-        else:
+            return
+        self.queue_handshake(data, addr, now=now)
+        self.process_handshakes(now=now)
+
+    def queue_handshake(self, data: bytes | memoryview, addr: Endpoint, *, now: float) -> None:
+        """Put a handshake message in the backlog after the cheapest checks there are, type
+        and exact size; drop and count it if they fail or its queue, or its source's share
+        of it, is full (the backlog serves sources in turn: wgpy/backlog.py). Nothing else
+        happens until :meth:`process_handshakes` (which ``handle_timer`` calls when
+        ``get_timer`` says so). ``data`` may be a view of the caller's buffer: it is copied
+        when queued. Never raises on remote input."""
+        size = _HANDSHAKE_SIZES.get(messages.message_type(data))
+        if size is None:
             self._drop("unknown_type")
+        elif len(data) != size:
+            self._drop("malformed")
+        else:
+            handshakes.note_arrival(self, now=now)
+            if not self.backlog.push(data, addr, first=is_first_contact(data), now=now):
+                self._drop("handshake_backlog_full")
+
+    def handshake_pressure(self, now: float) -> bool:
+        """Handshake messages wait in the backlog, or the device is under load: the I/O
+        layer then keeps the CPU (no hand-over) to read on before its socket overflows."""
+        return self.backlog.depth > 0 or now < self._under_load_until
+
+    def process_handshakes(self, *, now: float) -> None:
+        """Work on queued handshake messages, as many as the budget allows (per call and per
+        second). A backlog of ``UNDER_LOAD_BACKLOG`` or more puts the device under load for
+        a second (wireguard-go). After calling this, drain ``datagrams_to_send`` and
+        ``tun_packets_to_write``."""
+        backlog = self.backlog
+        if backlog.depth >= backlog.under_load_depth:
+            self._under_load_until = now + UNDER_LOAD_STICKY
+        for data, addr in backlog.take(now=now):
+            t = data[0]
+            if t == messages.MESSAGE_INITIATION:
+                handshakes.receive_initiation(self, data, addr, now=now)
+            elif t == messages.MESSAGE_RESPONSE:
+                handshakes.receive_response(self, data, addr, now=now)
+            else:
+                handshakes.receive_cookie_reply(self, data, now=now)
 
     def _receive_transport(self, data: bytes, addr: Endpoint, *, now: float) -> None:
         if len(data) < messages.MESSAGE_KEEPALIVE_SIZE:
@@ -345,6 +406,10 @@ class Device:
         if not kp.replay.validate(counter):
             self._drop("replayed")
             return
+        # roaming first: packets staged while the session waited for confirmation go to
+        # where the confirming packet came from (wireguard-go receive.go: SetEndpointFromPacket
+        # before SendStagedPackets)
+        peer.endpoint = addr
         if kp is peer.next:
             self._free_keypair(peer.previous)
             peer.previous = peer.current
@@ -353,7 +418,6 @@ class Device:
             self.handshakes_completed += 1
             peer.timers_handshake_complete(wall_ns=self.wall_time_ns())
             self._flush_staged(peer, now=now)
-        peer.endpoint = addr
         peer.rx_bytes += len(data)
         peer.timers_any_authenticated_packet_traversal(now=now)
         peer.timers_any_authenticated_packet_received(now=now)
@@ -533,7 +597,10 @@ class Device:
     # --- timers -----------------------------------------------------------------------------
 
     def handle_timer(self, *, now: float) -> None:
-        """Run every expired peer timer. After calling this, drain ``datagrams_to_send``."""
+        """Work on the handshake backlog within its budget and run every expired peer timer.
+        After calling this, drain ``datagrams_to_send`` and ``tun_packets_to_write``."""
+        if self.backlog.depth:
+            self.process_handshakes(now=now)
         for peer in list(self.peers.values()):
             t = peer.retransmit_handshake_at
             if t is not None and now >= t:

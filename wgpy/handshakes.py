@@ -10,6 +10,7 @@ private helpers and are called only from it.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import TYPE_CHECKING
 
@@ -32,15 +33,23 @@ from wgpy.peer import Endpoint, Peer
 if TYPE_CHECKING:
     from wgpy.device import Device
 
+_NO_MAC2 = bytes(16)
 
-def under_load(dev: Device, *, now: float) -> bool:
-    """Handshake messages above ``under_load_rate`` per second: sticky for 1 s."""
+
+def note_arrival(dev: Device, *, now: float) -> None:
+    """Count one arriving handshake message (queued or not): above ``under_load_rate`` per
+    second the device is under load, sticky for 1 s. Arrivals, not messages worked on: a
+    flood the backlog drops cheaply (one source over its share) still means load."""
     if now - dev._load_window_start >= 1.0:
         dev._load_window_start = now
         dev._load_count = 0
     dev._load_count += 1
     if dev._load_count > dev.under_load_rate:
         dev._under_load_until = now + UNDER_LOAD_STICKY
+
+
+def under_load(dev: Device, *, now: float) -> bool:
+    """Under load: set by the arrival rate (:func:`note_arrival`) or a deep backlog."""
     return now < dev._under_load_until
 
 
@@ -77,8 +86,23 @@ def initiate(dev: Device, peer: Peer, *, now: float, is_retry: bool = False) -> 
     return True
 
 
+@functools.lru_cache(maxsize=4096)
+def _packed(host: str) -> bytes | None:
+    """The raw address of a source (cached: a flood comes from a few sources, many times)."""
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).packed
+    except ValueError:
+        return None
+
+
 def admitted(dev: Device, data: bytes, addr: Endpoint, sender_index: int, *, now: float) -> bool:
-    """mac1, then the under-load policy: cookie reply or per-source rate limit."""
+    """mac1, then the under-load policy: cookie reply or per-source rate limit.
+
+    Under load, a message without mac2 (16 zero bytes there: the sender holds no cookie) is
+    answered with a cookie reply without checking mac2, and cookie replies to one source are
+    rate-limited like handshakes (20/s, burst 5): a legitimate initiator needs one per 120 s,
+    a flood from a few sources would otherwise cost a reply (≈ 15 µs) per message.
+    """
     checker = dev.cookie_checker
     if checker is None:
         dev._drop("no_private_key")
@@ -88,13 +112,15 @@ def admitted(dev: Device, data: bytes, addr: Endpoint, sender_index: int, *, now
         return False
     if not under_load(dev, now=now):
         return True
-    try:
-        ip = ipaddress.ip_address(addr[0].split("%", 1)[0]).packed
-    except ValueError:
+    ip = _packed(addr[0])
+    if ip is None:
         dev._drop("bad_source")
         return False
     src = source_bytes(ip, addr[1])
-    if not checker.check_mac2(data, src, now=now):
+    if data[-16:] == _NO_MAC2 or not checker.check_mac2(data, src, now=now):
+        if not dev.cookie_limiter.allow(ip, now=now):
+            dev._drop("cookie_reply_rate_limited")
+            return False
         nonce, enc = checker.create_reply(data, src, now=now)
         dev._out_datagrams.append((messages.build_cookie_reply(sender_index, nonce, enc), addr))
         dev._drop("cookie_reply_sent")

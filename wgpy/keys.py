@@ -7,7 +7,6 @@ never puts private material into an exception message or a ``repr``.
 from __future__ import annotations
 
 import base64
-import binascii
 import os
 import secrets
 import stat
@@ -19,6 +18,7 @@ __all__ = [
     "HIDDEN",
     "KEY_SIZE",
     "clamp",
+    "decode_base64_key",
     "generate_preshared_key",
     "generate_private_key",
     "parse_base64_key",
@@ -37,18 +37,40 @@ def generate_preshared_key() -> bytes:
     return secrets.token_bytes(KEY_SIZE)
 
 
+_B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_B64_VALUE = {c: i for i, c in enumerate(_B64)}
+KEY_B64_LEN = 44
+
+
+def decode_base64_key(text: str | bytes) -> bytes | None:
+    """The one base64 key decoder, as strict as wg's ``key_from_base64`` (wireguard-tools
+    ``encoding.c``): exactly 44 characters, 43 of the standard alphabet then one ``=``, and
+    the 2 unused low bits of the last character zero. None for anything else.
+
+    Python's ``base64`` ignores those bits, so one key had 4 spellings (``…Hh8=`` and
+    ``…Hh9=``, …) where wg accepts one; a config that ``wg`` refuses must not work here.
+    """
+    raw = text.encode("latin-1", "replace") if isinstance(text, str) else bytes(text)
+    if len(raw) != KEY_B64_LEN or raw[43] != 0x3D:  # "="
+        return None
+    value = 0
+    for c in raw[:43]:
+        v = _B64_VALUE.get(c)
+        if v is None:
+            return None
+        value = (value << 6) | v
+    if value & 0b11:  # 43 * 6 = 258 bits: the last 2 carry no key bits
+        return None
+    return (value >> 2).to_bytes(KEY_SIZE, "big")
+
+
 def parse_base64_key(text: str, what: str = "key") -> bytes:
-    """Decode a base64 key; the message never echoes the value (it may be secret)."""
-    t = text.strip()
-    if len(t) != 44 or not t.endswith("="):
+    """Decode a base64 key (surrounding whitespace ignored) with :func:`decode_base64_key`;
+    the message never echoes the value (it may be secret)."""
+    key = decode_base64_key(text.strip())
+    if key is None:
         raise ConfigError(f"{what}: not a valid base64 WireGuard key (44 characters expected)")
-    try:
-        raw = base64.b64decode(t, validate=True)
-    except (binascii.Error, ValueError):
-        raise ConfigError(f"{what}: not a valid base64 WireGuard key") from None
-    if len(raw) != KEY_SIZE:
-        raise ConfigError(f"{what}: decodes to {len(raw)} bytes, 32 expected")
-    return raw
+    return key
 
 
 def parse_hex_key(text: str, what: str = "key") -> bytes:

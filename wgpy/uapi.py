@@ -146,11 +146,24 @@ def _key(value: str, what: str, lineno: int) -> bytes:
     return bytes.fromhex(value)
 
 
+def parse_uint(value: str, bits: int) -> int | None:
+    """``strconv.ParseUint(value, 10, bits)``: ASCII digits only (leading zeros allowed, as
+    Go takes them), no sign, in range; None otherwise. Never ``int()`` of an unbounded
+    string: Python refuses more than 4300 digits with a ValueError of its own."""
+    if not _UINT.fullmatch(value):
+        return None
+    digits = value.lstrip("0") or "0"
+    if len(digits) > 20:  # 2**64 has 20 digits
+        return None
+    n = int(digits)
+    return n if n < 1 << bits else None
+
+
 def _uint(value: str, bits: int, what: str, lineno: int) -> int:
-    """``strconv.ParseUint(value, 10, bits)``: ASCII digits only, no sign, in range."""
-    if not _UINT.fullmatch(value) or int(value) >= 1 << bits:
+    n = parse_uint(value, bits)
+    if n is None:
         raise _err(lineno, f"invalid {what} {_show(value)}")
-    return int(value)
+    return n
 
 
 def _true(value: str, key: str, lineno: int) -> bool:
@@ -198,9 +211,10 @@ def parse_endpoint(value: str) -> tuple[str, int]:
         addr = _ip(host)
         if addr.version != 4:
             raise ValueError("IPv6 addresses must be surrounded by square brackets")
-    if not _UINT.fullmatch(port) or int(port) > 65535:
+    number = parse_uint(port, 16)
+    if number is None:
         raise ValueError("invalid port")
-    return format_ip(addr), int(port)
+    return format_ip(addr), number
 
 
 def format_endpoint(host: str, port: int) -> str:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import binascii
 import datetime as dt
 import sys
 from collections.abc import Iterator, Sequence
@@ -47,6 +46,7 @@ from wgpy.harness.capture import STDIN, open_capture, read_udp
 from wgpy.harness.keylog import KeyLog, parse_keylog
 from wgpy.harness.pcap import PcapError, UdpDatagram
 from wgpy.harness.pcapng import SECRETS_WIREGUARD
+from wgpy.keys import decode_base64_key
 
 
 def short_key(public: bytes) -> str:
@@ -274,12 +274,9 @@ def decode_file(path: str, decoder: Decoder, *, port: int | None = None) -> list
 
 
 def _key(text: str) -> bytes:
-    try:
-        key = base64.b64decode(text.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("a key is 44 characters of base64") from None
-    if len(key) != 32:
-        raise ValueError("a key is 32 bytes")
+    key = decode_base64_key(text.strip())
+    if key is None:
+        raise ValueError("a key is 44 characters of base64, as wg writes it")
     return key
 
 

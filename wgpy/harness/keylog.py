@@ -14,13 +14,12 @@ may be a key.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 import re
 from dataclasses import dataclass, field
 
 from wgpy.io.keylog import KEYLOG_ENV, TRANSPORT_NAME, WIRESHARK_NAMES, KeyLogWriter
+from wgpy.keys import decode_base64_key
 
 __all__ = ["KEYLOG_ENV", "KeyLog", "KeyLogWriter", "parse_keylog", "writer_from_env"]
 
@@ -59,11 +58,7 @@ _KEYWORD = re.compile(r"[A-Z][A-Z0-9_]{0,31}")
 
 
 def _decode_key(text: str) -> bytes | None:
-    try:
-        key = base64.b64decode(text.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    return key if len(key) == 32 else None
+    return decode_base64_key(text.strip())
 
 
 def _add(items: list[bytes], key: bytes) -> None:

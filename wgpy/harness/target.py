@@ -30,6 +30,7 @@ from wgpy import testbed as tb
 from wgpy import uapi, uapi_client
 from wgpy.errors import UapiError
 from wgpy.harness.netns import Address, udp_socket
+from wgpy.keys import decode_base64_key
 
 TUNNEL_NET = "10.77.0.0/24"
 TARGET_TUNNEL_IP = "10.77.0.1"
@@ -223,7 +224,10 @@ def crypto_b64(key: bytes) -> str:
 
 
 def crypto_b64_decode(text: str) -> bytes:
-    return base64.b64decode(text)
+    key = decode_base64_key(text)
+    if key is None:
+        raise ValueError("not a base64 WireGuard key")
+    return key
 
 
 class NamespaceTarget:

@@ -35,9 +35,14 @@ path hands the CPU over (``sched_yield``): the kernel wakes a datagram's receive
 local reader of a written packet) with a "sync" hint and often queues it on the waker's CPU,
 where it would otherwise wait for the waker's bookkeeping and its return to epoll. A syscall
 or two per wake-up; the idle round trip gains tens of µs on 2 vCPUs (docs/benchmarks.md).
+Not under a handshake flood (``Device.handshake_pressure``): then every wake-up is busy, and
+each yield hands the CPU to the flood's other consumers while the socket fills (issue 16).
 
 Timers, endpoint and byte counters are updated once per batch and peer through
-``Device.sent_batch`` / ``Device.received_batch``. Anything else — handshake messages, a first
+``Device.sent_batch`` / ``Device.received_batch``. Handshake messages only go into the Device's
+backlog (``Device.queue_handshake``: a type and size check, no crypto); the event loop works on
+them after the data, within a budget (``Device.process_handshakes``, via ``get_timer``), so a
+handshake flood cannot starve the data read in the same wake-up. Anything else — a first
 packet on a ``next`` session, no or ageing session, staged packets — goes to the ordinary
 ``Device`` methods, whose outputs are sent before the fast path carries on, so per-peer order
 is kept. Nonces come from ``kp.send_counter`` in read order; the replay window is the Device's.
@@ -103,7 +108,7 @@ class FastPath:
     """Batched data plane for one ``Device``, its TUN and its UDP bind.
 
     ``send_errors`` / ``tun_write_errors`` count datagrams and packets the OS refused (dropped,
-    as the ordinary path does). ``gso`` turns off by itself when the kernel refuses a GSO send.
+    as the ordinary path does). ``gso`` turns off by itself when a GSO send fails with EIO.
     """
 
     def __init__(
@@ -123,6 +128,7 @@ class FastPath:
         self.clock = clock
         self.hand_over = hand_over
         self.gso = True
+        self.gso_refused = 0  # GSO sends the kernel refused (each sent one by one instead)
         self.send_errors = 0
         self.tun_write_errors = 0
         self.tun_error: str | None = None  # set when a TUN read inside on_udp failed
@@ -183,10 +189,18 @@ class FastPath:
                     sock.sendto(data[off : off + seg], addr)
         except OSError as e:
             if n > 1 and self.gso and e.errno in (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP):
-                # no checksum offload on the route (wireguard-go: EIO ⇒ disable GSO): retry
-                self.gso = False
-                self._run_n, self._run_addr = n, addr
-                self._send_run()
+                # The kernel refused the GSO send: this run goes datagram by datagram.
+                # Only EIO (no checksum offload on the route) turns GSO off for good, as in
+                # wireguard-go; EINVAL or EOPNOTSUPP can come from a passing state (a smaller
+                # path MTU, a route change) and must not cost GSO for the process lifetime.
+                self.gso_refused += 1
+                if e.errno == errno.EIO:
+                    self.gso = False
+                for off in range(0, len(data), seg):
+                    try:
+                        sock.sendto(data[off : off + seg], addr)
+                    except OSError:
+                        self.send_errors += 1
                 return
             self.send_errors += n
 
@@ -331,7 +345,7 @@ class FastPath:
             if first:  # out at once, before reading on: the latency of a lone packet
                 first = False
                 self._send_one(view[off : off + length], endpoint)
-                if self.hand_over is not None:
+                if self.hand_over is not None and not dev.handshake_pressure(now):
                     self.hand_over()  # the woken receiver may be queued on this CPU
                 continue  # its arena space is free again
             if self._run_n:
@@ -388,6 +402,7 @@ class FastPath:
         held = False  # gro holds segments of this read
         unpack_from = _HEADER.unpack_from
         lookup = dev.allowed_ips.lookup
+        queue = dev.queue_handshake
         pending = self._pending_rx  # peer -> [bytes, data packets, last source]
         # the receiver index, peer and keypair of the previous datagram
         last_receiver = -1
@@ -413,9 +428,12 @@ class FastPath:
                         seg = int.from_bytes(data, sys.byteorder) or total
             for start in range(0, total, seg):
                 end = start + seg if start + seg < total else total
-                if end - start < _KEEPALIVE or buf[start] != _TRANSPORT:
+                if buf[start] != _TRANSPORT:  # a handshake message waits in the backlog,
+                    queue(view[start:end], addr, now=now)  # after the data (Device)
+                    continue
+                if end - start < _KEEPALIVE:
                     self._slow_datagram(now, view[start:end], addr)
-                    last_receiver = -1  # a handshake may have changed the index table
+                    last_receiver = -1
                     continue
                 try:
                     _t, receiver, counter = unpack_from(buf, start)
@@ -494,7 +512,7 @@ class FastPath:
                 if not chained:
                     chained = True
                     written = False
-                    self._answer_first(peer, addr)
+                    self._answer_first(peer, addr, now)
                     totals = None  # committed
                     last_receiver = -1  # sessions may have moved on
         if held:  # the TCP segments of this wake-up go as few writes
@@ -506,17 +524,17 @@ class FastPath:
         if written:
             for p, t in pending.items():
                 p.endpoint = t[2]
-            if not chained and self.hand_over is not None:
+            if not (chained or self.hand_over is None or dev.handshake_pressure(now)):
                 self.hand_over()
             self._tun_answer()
         if pending:
             self._commit_received(now)
 
-    def _answer_first(self, peer: Peer, addr: Endpoint) -> None:
+    def _answer_first(self, peer: Peer, addr: Endpoint, now: float) -> None:
         """After the first TUN write of a wake-up: send what it was answered with before
         reading on (roaming first, so that the answer goes where the packet came from)."""
         peer.endpoint = addr
-        if self.hand_over is not None:
+        if self.hand_over is not None and not self.device.handshake_pressure(now):
             self.hand_over()  # the write may have woken a local reader (ping)
         self._tun_answer()
 

@@ -1,8 +1,10 @@
 """The device event loop: drives the sans-IO ``Device`` with a UDP bind, a TUN and the UAPI.
 
 One thread, one epoll loop (:class:`Poller`): TUN readable → ``receive_tun_packet`` for every
-packet queued; UDP readable → ``receive_datagram`` for every datagram queued; UAPI → get/set;
-then the outputs are flushed and one timer is re-armed at ``device.get_timer()``. Unless
+packet queued; UDP readable → ``receive_datagram`` for every transport datagram queued and
+``queue_handshake`` for every handshake message (the Device's bounded backlog, worked on in the
+timer step within a budget, after the data); UAPI → get/set; then the outputs are flushed and
+one timer is re-armed at ``device.get_timer()``. Unless
 ``fast_path=False`` (or ``WGPY_FASTPATH=0``), TUN and UDP reads go through
 :class:`~wgpy.io.fastpath.FastPath`: batched, into preallocated buffers, UDP GSO/GRO, handing
 the CPU over after the first send of a wake-up (``WGPY_HAND_OVER=0`` turns that off). Once a
@@ -23,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tun.base import TunDevice
+from tun.base import TunDevice, TunError
 from wgpy import configure, uapi
 from wgpy.device import Device
 from wgpy.io.fastpath import FastPath, disable_gro, enable_gro
@@ -198,6 +200,7 @@ class DeviceRunner:
         assert isinstance(sock, socket.socket)
         recvfrom = sock.recvfrom
         receive = self.device.receive_datagram
+        queue = self.device.queue_handshake  # worked on after the data, within a budget
         now = self.clock()
         for _ in range(BATCH):
             try:
@@ -206,7 +209,10 @@ class DeviceRunner:
                 break
             except OSError:
                 break  # ICMP errors reported on the socket: nothing to do
-            receive(data, (addr[0], addr[1]), now=now)
+            if data[:1] == b"\x04":
+                receive(data, (addr[0], addr[1]), now=now)
+            else:
+                queue(data, (addr[0], addr[1]), now=now)
 
     # --- output ------------------------------------------------------------------------------
 
@@ -245,7 +251,18 @@ class DeviceRunner:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda s, _f: self.stop(f"signal {signal.Signals(s).name}"))
 
+    def sync_mtu(self) -> None:
+        """Pad to the TUN's live MTU, as wireguard-go does: ``ip link set mtu`` (wg-quick
+        does it right after start) changes it under us. Read at start and once a second."""
+        try:
+            mtu = self.tun.mtu
+        except (OSError, ValueError, TunError):
+            return
+        if 0 < mtu != self.device.mtu:
+            self.device.mtu = mtu
+
     def _housekeeping(self) -> None:
+        self.sync_mtu()
         if self.uapi is not None and not self.uapi.still_ours():
             self.stop("UAPI socket file removed")
         if self._link_alive is not None and not self._link_alive():
@@ -256,6 +273,7 @@ class DeviceRunner:
         if not self.bind.sockets():
             self.bind_port(self.device.listen_port)
             self.device.listen_port = self.bind.port
+        self.sync_mtu()
         next_check = self.clock() + HOUSEKEEPING
         get_timer = self.device.get_timer
         poll = self.sel.epoll.poll

@@ -1,0 +1,64 @@
+"""One strict base64 key decoder, as wg's ``key_from_base64``, used everywhere (issue 16)."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import pytest
+
+from wgpy import cli
+from wgpy.errors import ConfigError
+from wgpy.harness import decode, keylog
+from wgpy.keys import decode_base64_key, parse_base64_key
+
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def spellings(raw: bytes) -> tuple[str, list[str]]:
+    """The canonical base64 of ``raw`` and its 3 other spellings: the same 32 bytes with one
+    of the 2 unused low bits of the 43rd character set (Python's base64 takes all four)."""
+    good = base64.b64encode(raw).decode()
+    v = _ALPHABET.index(good[42])
+    assert v & 3 == 0
+    bad = [good[:42] + _ALPHABET[v | low] + "=" for low in (1, 2, 3)]
+    assert all(base64.b64decode(b) == raw for b in bad)  # what the old decoders accepted
+    return good, bad
+
+
+def test_the_issue_example_is_rejected() -> None:
+    raw = base64.b64decode("yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=")
+    good, bad = spellings(raw)
+    assert good.endswith("Bmk=")
+    key = base64.b64decode(good[:40] + "Hh8=")
+    good, bad = spellings(key)
+    assert good.endswith("Hh8=") and good[:40] + "Hh9=" in bad  # the issue's example
+    assert decode_base64_key(good) == key
+    for b in bad:
+        assert decode_base64_key(b) is None
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_every_decoder_accepts_only_the_canonical_spelling(seed: int) -> None:
+    raw = os.urandom(32)
+    good, bad = spellings(raw)
+    assert parse_base64_key(f"  {good}\n") == raw
+    assert cli.decode_key(good.encode()) == raw
+    assert decode._key(good) == raw
+    log = keylog.parse_keylog(f"LOCAL_STATIC_PRIVATE_KEY = {good}\n")
+    assert log.static_private == [raw]
+    for b in bad:
+        with pytest.raises(ConfigError):
+            parse_base64_key(b)
+        assert cli.decode_key(b.encode()) is None
+        with pytest.raises(ValueError, match="base64"):
+            decode._key(b)
+        assert keylog.parse_keylog(f"LOCAL_STATIC_PRIVATE_KEY = {b}\n").static_private == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "=" * 44, "A" * 44, "A" * 43 + "= ", "A" * 42 + "==", "A" * 41 + "-A=", "Ä" * 43 + "="],
+)
+def test_malformed_keys(text: str) -> None:
+    assert decode_base64_key(text) is None
