@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.handshakes import bound_sockets
 from benchmarks.run import RESULTS_DIR, parse_impl, tool_version
 from benchmarks.workloads import RssSampler, Target, WorkloadError, iperf, iperf_server
 from noise import crypto, tai64n
@@ -80,12 +81,7 @@ def flood(params: dict[str, Any]) -> dict[str, float]:
     rate = float(params["rate"])
     seconds = float(params["seconds"])
     pool = junk_pool(bytes.fromhex(params["responder"]), POOL)
-    socks = []
-    for src in params["sources"]:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind((src, 0))
-        s.setblocking(False)
-        socks.append(s)
+    socks = bound_sockets(params["sources"])
     sent = refused = 0
     n_socks, n_pool = len(socks), len(pool)
     t0 = time.monotonic()

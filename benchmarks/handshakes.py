@@ -81,6 +81,17 @@ def build_initiations(
     return out
 
 
+def bound_sockets(sources: list[str]) -> list[socket.socket]:
+    """One non-blocking UDP socket bound to each of ``sources`` (IPv4 addresses)."""
+    socks = []
+    for src in sources:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((src, 0))
+        s.setblocking(False)
+        socks.append(s)
+    return socks
+
+
 def initiate(params: dict[str, Any]) -> dict[str, float]:
     """Run the closed loop; returns the completed rate and counters."""
     responder = bytes.fromhex(params["responder"])
@@ -89,12 +100,7 @@ def initiate(params: dict[str, Any]) -> dict[str, float]:
     seconds = float(params["seconds"])
     todo = build_initiations(privates, responder, min(PRECOMPUTE_SECONDS, seconds + 1), 20_000)
     ckey = cookie_key(responder)
-    socks = []
-    for src in params["sources"]:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind((src, 0))
-        s.setblocking(False)
-        socks.append(s)
+    socks = bound_sockets(params["sources"])
     cookies: dict[int, bytes] = {}  # source number -> cookie
     pending: dict[int, tuple[int, bytes, bytes]] = {}  # sender index -> (source, msg, mac1)
     done = cookie_replies = sent = 0
