@@ -98,6 +98,20 @@ def events(srv: FakeApiServer) -> list[dict[str, Any]]:
     return [o for o in srv._objs.values() if o["kind"] == "Event"]
 
 
+
+def stub_factory(managers: list[Supervisor]) -> Callable[..., Supervisor]:
+    """A supervisor factory with stub tunnels and forwarders that records what it made."""
+
+    def factory(identity: str, *, elector_factory: Any) -> Supervisor:
+        m = Supervisor(identity, elector_factory=elector_factory,
+                       runtime_factory=StubRuntime,
+                       forwarder_factory=StubForwarder,   # type: ignore[arg-type]
+                       restart_delay=0.1)
+        managers.append(m)
+        return m
+
+    return factory
+
 def test_kubernetes_mode_wiring_under_deploy_rbac(tmp_path: Path) -> None:
     from tests.fakeapi import write_kubeconfig
 
@@ -117,14 +131,7 @@ def test_kubernetes_mode_wiring_under_deploy_rbac(tmp_path: Path) -> None:
                 http_host="127.0.0.1", http_port=0, kubeconfig=str(kc))
             assert settings.identity == "node-a" and settings.cp_namespace == NS
             managers: list[Supervisor] = []
-
-            def factory(identity: str, *, elector_factory: Any) -> Supervisor:
-                m = Supervisor(identity, elector_factory=elector_factory,
-                               runtime_factory=StubRuntime,
-                               forwarder_factory=StubForwarder,   # type: ignore[arg-type]
-                               restart_delay=0.1)
-                managers.append(m)
-                return m
+            factory = stub_factory(managers)
 
             stop = asyncio.Event()
             task = asyncio.ensure_future(run_kubernetes_mode(settings, factory, stop=stop))
@@ -200,14 +207,7 @@ def test_vip_address_matching_no_tunnel_fails_readyz_with_an_event(tmp_path: Pat
                  "address": "10.200.0.9"},
                 http_host="127.0.0.1", http_port=0, kubeconfig=str(kc))
             managers: list[Supervisor] = []
-
-            def factory(identity: str, *, elector_factory: Any) -> Supervisor:
-                m = Supervisor(identity, elector_factory=elector_factory,
-                               runtime_factory=StubRuntime,
-                               forwarder_factory=StubForwarder,   # type: ignore[arg-type]
-                               restart_delay=0.1)
-                managers.append(m)
-                return m
+            factory = stub_factory(managers)
 
             stop = asyncio.Event()
             task = asyncio.ensure_future(run_kubernetes_mode(settings, factory, stop=stop))
