@@ -53,11 +53,14 @@ from wgpy.testbed.proc import (
     run,
     wait_for,
 )
+from wgpy.testbed.uml.guest import UmlGuest
 from wgpy.testbed.wg import (
     KERNEL,
+    KERNEL_UML,
     ImplSpec,
     InterfaceDump,
     KernelImpl,
+    KernelUmlImpl,
     KernelWg,
     PeerConf,
     PeerDump,
@@ -75,7 +78,9 @@ __all__ = [
     "ImplSpec",
     "InterfaceDump",
     "KERNEL",
+    "KERNEL_UML",
     "KernelImpl",
+    "KernelUmlImpl",
     "KernelWg",
     "NS_PREFIX",
     "Namespace",
@@ -88,6 +93,7 @@ __all__ = [
     "TUN_IP_A",
     "TUN_IP_B",
     "TestbedError",
+    "UmlGuest",
     "VETH_A",
     "VETH_B",
     "Veth",
