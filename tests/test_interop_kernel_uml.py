@@ -11,17 +11,15 @@ Each test boots its own guest (about 1.5 s).
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from tests.support import IMPLS, interop, json_line, probe, wait_listening
+from tests.support import IMPLS, interop, json_line, probe, require_uml, wait_listening
 from wgpy import testbed as tb
 from wgpy.constants import REKEY_AFTER_TIME
-from wgpy.testbed.uml import build
 
 pytestmark = interop
 ICMP_DATAGRAM = 16 + 96 + 16  # an 84-byte echo padded to 96, header and tag
@@ -31,11 +29,7 @@ V6_A, V6_B = "fd00:99::1", "fd00:99::2"
 
 @pytest.fixture(scope="module", autouse=True)
 def _images() -> None:
-    if build.find() is None:
-        reason = build.missing_reason()
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the kernel interop tests: {reason}", pytrace=False)
-        pytest.skip(reason)
+    require_uml()
 
 
 @pytest.fixture

@@ -172,7 +172,7 @@ class UapiTarget(Target):
 class WgToolTarget(Target):
     """A target configured with the ``wg`` tool (the kernel module has no UAPI socket)."""
 
-    def __init__(self, instance: tb.KernelWg) -> None:
+    def __init__(self, instance: tb.KernelWg | tb.UmlGuest) -> None:
         super().__init__()
         self.instance = instance
         self.netns = instance.ns.name
@@ -234,7 +234,8 @@ class NamespaceTarget:
     """Start an implementation in a fresh namespace and configure it (context manager).
 
     ``impl`` is an argv prefix (``["wireguard-go"]``, ``[sys.executable, "-m",
-    "wgpy.userspace"]``) or :data:`wgpy.testbed.KERNEL`. On exit the process is stopped and
+    "wgpy.userspace"]``), :data:`wgpy.testbed.KERNEL` or :data:`wgpy.testbed.KERNEL_UML`
+    (a User-Mode Linux guest, :mod:`wgpy.harness.uml`). On exit the process is stopped and
     the namespace deleted, also after a failure.
     """
 
@@ -243,7 +244,7 @@ class NamespaceTarget:
         self.name = name
         self.start_timeout = start_timeout
         self.ns: tb.Namespace | None = None
-        self.instance: tb.WgInstance | tb.KernelWg | None = None
+        self.instance: tb.WgInstance | tb.KernelWg | tb.UmlGuest | None = None
         self.target: Target | None = None
 
     def __enter__(self) -> Target:
@@ -257,7 +258,13 @@ class NamespaceTarget:
         self.ns = tb.Namespace("wgpyh").create()
         self.ns.ip("addr", "add", "127.0.0.2/8", "dev", "lo")
         target: Target
-        if isinstance(self.impl, tb.KernelImpl):
+        if isinstance(self.impl, tb.KernelUmlImpl):
+            from wgpy.harness.uml import UmlTarget, start_guest
+
+            guest = start_guest(self.ns)
+            self.instance = guest
+            target = UmlTarget(guest)
+        elif isinstance(self.impl, tb.KernelImpl):
             kern = tb.KernelWg(self.ns, "wg0").start()
             self.instance = kern
             target = WgToolTarget(kern)
@@ -290,9 +297,9 @@ class NamespaceTarget:
         return target
 
     def output(self) -> str:
-        """The implementation's own log output (userspace targets)."""
+        """The implementation's own log output (userspace targets; the guest's console)."""
         inst = self.instance
-        return inst.output() if isinstance(inst, tb.WgInstance) else ""
+        return inst.output() if isinstance(inst, tb.WgInstance | tb.UmlGuest) else ""
 
     def close(self) -> None:
         for obj in (self.instance, self.ns):

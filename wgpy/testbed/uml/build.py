@@ -36,8 +36,10 @@ ROOTFS_RECIPE = ("mkrootfs.sh", "guest-init", "guest-agent")
 KERNEL_ENV = "WGPY_UML_KERNEL"
 CACHE_ENV = "WGPY_UML_CACHE"
 DEFAULT_CACHE = "/var/cache/wgpy/uml"
-KERNEL_PACKAGES = ("linux-source-6.1", "build-essential", "bc", "flex", "bison", "libelf-dev")
-KERNEL_PACKAGES += ("libssl-dev", "xz-utils", "patch")
+KERNEL_PACKAGES = (
+    *("linux-source-6.1", "build-essential", "bc", "flex", "bison", "libelf-dev"),
+    *("libssl-dev", "xz-utils", "patch"),
+)
 ROOTFS_PACKAGES = ("debootstrap", "busybox-static")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 HOW_TO_GET = (
