@@ -111,7 +111,7 @@ def _start_impl(
     link: tuple[str, str],
 ) -> WgInstance | KernelWg | UmlGuest:
     if isinstance(impl, KernelUmlImpl):  # the guest takes the veth end's place and address
-        return UmlGuest(ns, link[1], bridge=link[0]).start()
+        return UmlGuest(ns, link[1], bridge=[link[0]]).start()
     if isinstance(impl, KernelImpl):
         return KernelWg(ns, "wg0").start()
     return WgInstance(ns, impl, "wg0", env=env, start_timeout=start_timeout).start()

@@ -5,8 +5,8 @@ Layout inside the namespace ``ns`` the caller owns (nothing on the host)::
     ns:  tapc 169.254.77.1/30  <-tuntap->  guest eth1 169.254.77.2/30   command channel, TCP 7000
          tapd (test link)      <-tuntap->  guest eth0 DATA_ADDR           wg0 (kernel WireGuard)
 
-With ``bridge=LINK`` the test link ``tapd`` is bridged with ``LINK`` (e.g. a veth end): the
-guest then owns that link's address and stands where a namespace's ``wg0`` would stand, which
+With ``bridge=[LINK, ...]`` the test link ``tapd`` is bridged with those links (e.g. veth
+ends): the guest then owns their addresses and stands where a namespace's ``wg0`` would stand, which
 is how :func:`wgpy.testbed.make_pair` puts the kernel on either side. Without it, ``tapd`` is
 left for the caller to address (the conformance target puts the harness's addresses there).
 
@@ -70,14 +70,14 @@ class UmlGuest(_WgBase):
         ns: Namespace,
         data_addr: str,
         *,
-        bridge: str | None = None,
+        bridge: Sequence[str] = (),
         images: build.Images | None = None,
         mem: str = "256M",
         boot_timeout: float = 30.0,
     ) -> None:
         super().__init__(ns, "wg0")
         self.data_addr = data_addr
-        self.bridge = bridge
+        self.bridge = list(bridge)
         self.images = images
         self.mem = mem
         self.boot_timeout = boot_timeout
@@ -114,10 +114,11 @@ class UmlGuest(_WgBase):
         ns.ip("link", "set", CTL_TAP, "up")
         ns.ip("link", "set", DATA_TAP, "up")
         if self.bridge:
-            # the guest takes over the link's address: the namespace keeps none on it
-            ns.ip("addr", "flush", "dev", self.bridge)
+            # the guest takes over the links' addresses: the namespace keeps none on them
             ns.ip("link", "add", BRIDGE, "type", "bridge")
-            for dev in (self.bridge, DATA_TAP):
+            for dev in self.bridge:
+                ns.ip("addr", "flush", "dev", dev)
+            for dev in (*self.bridge, DATA_TAP):
                 ns.ip("link", "set", dev, "master", BRIDGE)
             ns.ip("link", "set", BRIDGE, "up")
 
