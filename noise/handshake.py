@@ -16,7 +16,7 @@ replay/flood bookkeeping only after every check has passed (wireguard-go
 ``noise-protocol.go``), so a rejected message never alters the peer's state.
 
 This module builds and opens the Noise payload fields only; the byte layouts, MAC1/MAC2 and
-indices are the caller's (``wgpy.messages``, ``noise.cookie``). Ephemeral keys and timestamps
+indices are the caller's (``wgpy.core.messages``, ``noise.cookie``). Ephemeral keys and timestamps
 are passed in, so that fixed vectors and simulations are deterministic. No clock is read: the
 flood check takes ``now``.
 """

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from noise import crypto
-from tests.pair import A_ADDR, A_TUN, B_ADDR, B_TUN, Link, Pair, ipv4
-from wgpy import messages
-from wgpy.constants import REJECT_AFTER_MESSAGES
+from tests.simlink import A_ADDR, A_TUN, B_ADDR, B_TUN, Link, Pair, ipv4
+from wgpy.core import messages
+from wgpy.core.constants import REJECT_AFTER_MESSAGES
 
 
 def test_first_packet_triggers_handshake_and_arrives() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.pair import Pair
+from tests.simlink import Pair
 
 
 def _established() -> tuple[Pair, list[bytes]]:

@@ -27,10 +27,11 @@ from collections.abc import Sequence
 
 from noise import crypto
 from wgpy import testbed as tb
-from wgpy import uapi, uapi_client
-from wgpy.errors import UapiError
-from wgpy.harness.netns import Address, udp_socket
-from wgpy.keys import decode_base64_key
+from wgpy.core import uapi
+from wgpy.core.errors import UapiError
+from wgpy.core.keys import decode_base64_key
+from wgpy.harness.transport import Address, udp_socket
+from wgpy.io import uapi_client
 
 TUNNEL_NET = "10.77.0.0/24"
 TARGET_TUNNEL_IP = "10.77.0.1"
@@ -234,7 +235,7 @@ class NamespaceTarget:
     """Start an implementation in a fresh namespace and configure it (context manager).
 
     ``impl`` is an argv prefix (``["wireguard-go"]``, ``[sys.executable, "-m",
-    "wgpy.userspace"]``) or :data:`wgpy.testbed.KERNEL`. On exit the process is stopped and
+    "wgpy.tools.userspace"]``) or :data:`wgpy.testbed.KERNEL`. On exit the process is stopped and
     the namespace deleted, also after a failure.
     """
 

@@ -1,6 +1,6 @@
 """The data-plane fast path: transport data sealed and opened in batches.
 
-The sans-IO :class:`~wgpy.device.Device` handles one packet per call and returns new ``bytes``
+The sans-IO :class:`~wgpy.core.device.Device` handles one packet per call and returns new ``bytes``
 for each; at a Gbit/s that bookkeeping costs more than the crypto (docs/benchmarks.md). This
 layer moves the common case — a data packet on an established session — without it:
 
@@ -64,13 +64,13 @@ from typing import Any
 from noise.crypto import AuthenticationFailed
 from noise.crypto import pack_nonce as _nonce
 from tun.base import VNET_HDR_LEN, TunDevice
-from wgpy import messages
-from wgpy.device import Device
+from wgpy.core import messages
+from wgpy.core.device import Device
+from wgpy.core.keypair import Keypair
+from wgpy.core.peer import Endpoint, Peer
 from wgpy.io.faults import FaultLog
 from wgpy.io.gro import NEEDS_CSUM, TcpCoalescer
 from wgpy.io.udp import UdpBind
-from wgpy.keypair import Keypair
-from wgpy.peer import Endpoint, Peer
 
 SOL_UDP = 17
 UDP_SEGMENT = 103

@@ -16,7 +16,7 @@ and ``tun_packets_to_write()`` (decrypted IP packets for the TUN), then re-arm o
 ``now``.
 
 Key logging is opt-in and does no I/O here: a device given a ``key_log_sink`` calls it with a
-:class:`~wgpy.keypair.SessionSecrets` each time a session's keys are derived (as initiator
+:class:`~wgpy.core.keypair.SessionSecrets` each time a session's keys are derived (as initiator
 once the response is consumed, as responder once the response is built), after the state is
 committed and before any transport message on the new keys. The I/O layer's sink writes the
 lines (``wgpy.io.keylog``); it must not raise.
@@ -40,10 +40,10 @@ from noise.cookie import CookieChecker
 from noise.handshake import (
     StaticKeys,
 )
-from wgpy import handshakes, messages
-from wgpy.allowedips import AllowedIPs
-from wgpy.backlog import HandshakeBacklog, is_first_contact
-from wgpy.constants import (
+from wgpy.core import handshakes, messages
+from wgpy.core.allowedips import AllowedIPs
+from wgpy.core.backlog import HandshakeBacklog, is_first_contact
+from wgpy.core.constants import (
     DEFAULT_MTU,
     HANDSHAKES_PER_SECOND,
     HANDSHAKES_PER_WAKEUP,
@@ -62,10 +62,10 @@ from wgpy.constants import (
     UNDER_LOAD_STICKY,
     ZERO_KEY_MATERIAL_AFTER,
 )
-from wgpy.errors import CapacityError, ConfigError
-from wgpy.keypair import Keypair, SessionSecrets
-from wgpy.peer import Endpoint, Peer, timer_deadlines
-from wgpy.ratelimiter import RateLimiter
+from wgpy.core.errors import CapacityError, ConfigError
+from wgpy.core.keypair import Keypair, SessionSecrets
+from wgpy.core.peer import Endpoint, Peer, timer_deadlines
+from wgpy.core.ratelimiter import RateLimiter
 
 Rng = Callable[[int], bytes]
 _HEADER = messages.TRANSPORT_HEADER
@@ -349,7 +349,7 @@ class Device:
     def queue_handshake(self, data: bytes | memoryview, addr: Endpoint, *, now: float) -> None:
         """Put a handshake message in the backlog after the cheapest checks there are, type
         and exact size; drop and count it if they fail or its queue, or its source's share
-        of it, is full (the backlog serves sources in turn: wgpy/backlog.py). Nothing else
+        of it, is full (the backlog serves sources in turn: wgpy/core/backlog.py). Nothing else
         happens until :meth:`process_handshakes` (which ``handle_timer`` calls when
         ``get_timer`` says so). ``data`` may be a view of the caller's buffer: it is copied
         when queued. Never raises on remote input."""

@@ -25,13 +25,13 @@ from noise.handshake import (
     create_response,
     derive_keys,
 )
-from wgpy import messages
-from wgpy.constants import REKEY_TIMEOUT, UNDER_LOAD_STICKY
-from wgpy.keypair import Keypair, SessionSecrets
-from wgpy.peer import Endpoint, Peer
+from wgpy.core import messages
+from wgpy.core.constants import REKEY_TIMEOUT, UNDER_LOAD_STICKY
+from wgpy.core.keypair import Keypair, SessionSecrets
+from wgpy.core.peer import Endpoint, Peer
 
 if TYPE_CHECKING:
-    from wgpy.device import Device
+    from wgpy.core.device import Device
 
 _NO_MAC2 = bytes(16)
 

@@ -12,14 +12,14 @@ from operator import attrgetter
 
 from noise.cookie import CookieGenerator
 from noise.handshake import Handshake
-from wgpy.constants import (
+from wgpy.core.constants import (
     KEEPALIVE_TIMEOUT,
     MAX_STAGED_PACKETS,
     REKEY_TIMEOUT,
     ZERO_KEY_MATERIAL_AFTER,
 )
-from wgpy.keypair import Keypair
-from wgpy.keys import short
+from wgpy.core.keypair import Keypair
+from wgpy.core.keys import short
 
 Endpoint = tuple[str, int]
 

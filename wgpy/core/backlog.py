@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from wgpy.peer import Endpoint
+from wgpy.core.peer import Endpoint
 
 __all__ = ["HandshakeBacklog"]
 
