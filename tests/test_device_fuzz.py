@@ -27,7 +27,7 @@ def _snapshot(p: Pair) -> tuple[object, ...]:
         p.pa.endpoint,
         p.pa.handshake.last_timestamp,
         p.pa.handshake.state,
-        dict(p.b.index_table),
+        dict(p.b.index_table.items()),
         p.pa.rx_bytes,
     )
 

@@ -69,7 +69,7 @@ class Target:
 
     # --- subclass hooks -------------------------------------------------------------------------
 
-    def _set(self, lines: list[str]) -> None:
+    def set_lines(self, lines: list[str]) -> None:
         raise NotImplementedError
 
     def _get(self) -> uapi.DeviceSnapshot:
@@ -107,11 +107,11 @@ class Target:
             lines.append(f"endpoint={endpoint[0]}:{endpoint[1]}")
         if persistent_keepalive is not None:
             lines.append(f"persistent_keepalive_interval={persistent_keepalive}")
-        self._set(lines)
+        self.set_lines(lines)
         self._peers.add(public_key)
 
     def remove_peer(self, public_key: bytes) -> None:
-        self._set([f"public_key={public_key.hex()}", "remove=true"])
+        self.set_lines([f"public_key={public_key.hex()}", "remove=true"])
         self._peers.discard(public_key)
 
     def peer(self, public_key: bytes) -> uapi.PeerSnapshot | None:
@@ -142,7 +142,7 @@ class UapiTarget(Target):
         self.netns = netns
         self.name = name
 
-    def _set(self, lines: list[str]) -> None:
+    def set_lines(self, lines: list[str]) -> None:
         text = "set=1\n" + "".join(line + "\n" for line in lines) + "\n"
         try:
             _, code = uapi_client.transact(self.socket_path, text)
@@ -178,7 +178,7 @@ class WgToolTarget(Target):
         self.instance = instance
         self.netns = instance.ns.name
 
-    def _set(self, lines: list[str]) -> None:
+    def set_lines(self, lines: list[str]) -> None:
         # `wg` has no raw UAPI input; translate the few lines add_peer/remove_peer produce.
         argv = ["set", self.instance.iface]
         stdin: str | None = None
@@ -281,7 +281,7 @@ class NamespaceTarget:
                 input=crypto_b64(private) + "\n",
             )
         else:
-            target._set([f"private_key={private.hex()}", f"listen_port={TARGET_PORT}"])
+            target.set_lines([f"private_key={private.hex()}", f"listen_port={TARGET_PORT}"])
         target.public_key = crypto.public_key(private)
         target.private_key = private
         target.name = self.name

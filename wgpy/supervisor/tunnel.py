@@ -49,6 +49,7 @@ from tun import netlink
 from tun.base import TunError
 from tun.linux import LinuxTun
 from wgpy.core.device import Device
+from wgpy.core.drops import Drop
 from wgpy.core.errors import WgpyError
 from wgpy.core.peer import Peer
 from wgpy.io import gro
@@ -328,7 +329,7 @@ class TunnelRuntime:
             st.tx_bytes = peer.tx_bytes
             st.handshakes = device.handshakes_completed
             st.handshake_failures = peer.timer_handshake_attempts
-            st.dropped_not_for_vip = device.drops.get("disallowed_destination", 0)
+            st.dropped_not_for_vip = device.drops[Drop.DISALLOWED_DESTINATION]
         runner = self.runner
         if runner is not None:
             io = runner.io_counters()
