@@ -19,7 +19,7 @@ import pytest
 
 from tests.support import IMPLS, interop, json_line, probe, require_uml, wait_listening
 from wgpy import testbed as tb
-from wgpy.constants import REKEY_AFTER_TIME
+from wgpy.core.constants import REKEY_AFTER_TIME
 
 pytestmark = interop
 ICMP_DATAGRAM = 16 + 96 + 16  # an 84-byte echo padded to 96, header and tag

@@ -7,10 +7,10 @@ import os
 
 import pytest
 
-from wgpy import cli
-from wgpy.errors import ConfigError
+from wgpy.core.errors import ConfigError
+from wgpy.core.keys import decode_base64_key, parse_base64_key
 from wgpy.harness import decode, keylog
-from wgpy.keys import decode_base64_key, parse_base64_key
+from wgpy.tools import cli
 
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 

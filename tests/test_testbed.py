@@ -275,7 +275,7 @@ def test_run_in_netns_leaves_the_callers_namespace_alone(fails: bool) -> None:
     import socket
     import threading
 
-    from wgpy.harness.netns import run_in_netns
+    from wgpy.testbed.netns import run_in_netns
 
     own = os.readlink("/proc/thread-self/ns/net")
     caller = f"/proc/self/task/{threading.get_native_id()}/ns/net"

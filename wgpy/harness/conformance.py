@@ -42,7 +42,7 @@ from wgpy.harness.report import Result, Status, render_junit, render_markdown, r
 from wgpy.harness.target import KNOWN, NamespaceTarget, Target, TargetError, UapiTarget
 from wgpy.testbed.uml import build as uml_build
 
-WGPY_IMPL = [sys.executable, "-m", "wgpy.userspace"]
+WGPY_IMPL = [sys.executable, "-m", "wgpy.tools.userspace"]
 
 
 def run_check(check: Check, target: Target, *, flood_count: int = FLOOD_INITIATIONS) -> Result:

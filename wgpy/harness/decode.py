@@ -40,13 +40,13 @@ from noise import crypto, tai64n
 from noise.cookie import cookie_key, mac1_key
 from noise.errors import NoiseError
 from noise.handshake import C0, H0
-from wgpy import messages
+from wgpy.core import messages
+from wgpy.core.keys import decode_base64_key
 from wgpy.harness import packets
 from wgpy.harness.capture import STDIN, open_capture, read_udp
 from wgpy.harness.keylog import KeyLog, parse_keylog
 from wgpy.harness.pcap import PcapError, UdpDatagram
 from wgpy.harness.pcapng import SECRETS_WIREGUARD
-from wgpy.keys import decode_base64_key
 
 
 def short_key(public: bytes) -> str:

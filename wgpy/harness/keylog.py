@@ -18,8 +18,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from wgpy.core.keys import decode_base64_key
 from wgpy.io.keylog import KEYLOG_ENV, TRANSPORT_NAME, WIRESHARK_NAMES, KeyLogWriter
-from wgpy.keys import decode_base64_key
 
 __all__ = ["KEYLOG_ENV", "KeyLog", "KeyLogWriter", "parse_keylog", "writer_from_env"]
 

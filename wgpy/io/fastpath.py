@@ -1,6 +1,6 @@
 """The data-plane fast path: transport data sealed and opened in batches.
 
-The sans-IO :class:`~wgpy.device.Device` handles one packet per call and returns new ``bytes``
+The sans-IO :class:`~wgpy.core.device.Device` handles one packet per call and returns new ``bytes``
 for each; at a Gbit/s that bookkeeping costs more than the crypto (docs/benchmarks.md). This
 layer moves the common case — a data packet on an established session — without it:
 
@@ -64,13 +64,14 @@ from typing import Any
 from noise.crypto import AuthenticationFailed
 from noise.crypto import pack_nonce as _nonce
 from tun.base import VNET_HDR_LEN, TunDevice
-from wgpy import messages
-from wgpy.device import Device
+from wgpy.core import messages
+from wgpy.core.device import Device
+from wgpy.core.drops import Drop
+from wgpy.core.keypair import Keypair
+from wgpy.core.peer import Endpoint, Peer
 from wgpy.io.faults import FaultLog
 from wgpy.io.gro import NEEDS_CSUM, TcpCoalescer
 from wgpy.io.udp import UdpBind
-from wgpy.keypair import Keypair
-from wgpy.peer import Endpoint, Peer
 
 SOL_UDP = 17
 UDP_SEGMENT = 103
@@ -87,10 +88,8 @@ RX_BUFFER = 65536 + 64
 _ARENA_LIMIT = ARENA - MAX_PACKET - HEADROOM - TAG - 16  # start a new arena pass beyond
 
 # Plaintext buffers (``_pt`` for sending, ``_pkt`` for receiving) hold the IP packet at _P,
-# behind room for a virtio_net_hdr: fixed offsets, so the header fields are constant slices.
+# behind room for a virtio_net_hdr: fixed offsets for the header fields.
 _P = VNET_HDR_LEN
-_V4_SRC, _V4_DST = slice(_P + 12, _P + 16), slice(_P + 16, _P + 20)
-_V6_SRC, _V6_DST = slice(_P + 8, _P + 24), slice(_P + 24, _P + 40)
 PLAINTEXT = _P + MAX_PACKET + 16  # a packet, its padding and the header in front
 
 _HEADER = messages.TRANSPORT_HEADER
@@ -258,7 +257,7 @@ class FastPath:
         dev = self.device
         now = self.clock()
         read_into = self._read_into
-        lookup = dev.allowed_ips.lookup
+        route = dev.route
         mtu = dev.mtu
         pt, ptv, into = self._pt, self._ptv, self._pt_read
         view = self._txv
@@ -291,18 +290,10 @@ class FastPath:
             if vnet:  # its virtio_net_hdr comes first; no offloads were asked for
                 n -= vnet
                 if pt[1] or pt[0] & NEEDS_CSUM:
-                    dev.drops["malformed_outbound"] += 1
+                    dev.drops[Drop.MALFORMED_OUTBOUND] += 1
                     continue
-            version = pt[_P] >> 4 if n else 0
-            if version == 4 and n >= 20:
-                peer = lookup(pt[_V4_DST])
-            elif version == 6 and n >= 40:
-                peer = lookup(pt[_V6_DST])
-            else:
-                dev.drops["malformed_outbound"] += 1
-                continue
+            peer = route(pt, _P, n)
             if peer is None:
-                dev.drops["no_route"] += 1
                 continue
             try:
                 if peer is not last_peer:
@@ -401,7 +392,7 @@ class FastPath:
         vnet = self._vnet_len
         held = False  # gro holds segments of this read
         unpack_from = _HEADER.unpack_from
-        lookup = dev.allowed_ips.lookup
+        inner_length = dev.inner_packet_length
         queue = dev.queue_handshake
         pending = self._pending_rx  # peer -> [bytes, data packets, last source]
         # the receiver index, peer and keypair of the previous datagram
@@ -419,7 +410,7 @@ class FastPath:
                 break  # ICMP errors reported on the socket: nothing to do
             addr: Endpoint = (raw_addr[0], raw_addr[1])
             if total == 0:  # an empty datagram: counted as the Device counts it
-                dev.drops["unknown_type"] += 1
+                dev.drops[Drop.UNKNOWN_TYPE] += 1
                 continue
             seg = total
             if ancdata:
@@ -454,10 +445,10 @@ class FastPath:
                             _nonce(counter), view[body:end], None, pktv[_P : _P + size]
                         )
                     except AuthenticationFailed:
-                        dev.drops["decryption_failed"] += 1
+                        dev.drops[Drop.DECRYPTION_FAILED] += 1
                         continue
                     if not kp.replay.validate(counter):
-                        dev.drops["replayed"] += 1
+                        dev.drops[Drop.REPLAYED] += 1
                         continue
                     if totals is None:
                         totals = pending.get(peer)
@@ -467,28 +458,8 @@ class FastPath:
                     totals[2] = addr
                     if size == 0:
                         continue  # keepalive
-                    version = pkt[_P] >> 4
-                    if version == 4 and size >= 20:
-                        length = (pkt[_P + 2] << 8) | pkt[_P + 3]
-                        src = pkt[_V4_SRC]
-                        ok = 20 <= length <= size
-                    elif version == 6 and size >= 40:
-                        length = 40 + ((pkt[_P + 4] << 8) | pkt[_P + 5])
-                        src = pkt[_V6_SRC]
-                        ok = length <= size
-                    else:
-                        ok = False
-                    if not ok:
-                        dev.drops["malformed_inner_packet"] += 1
-                        continue
-                    if lookup(src) is not peer:
-                        dev.drops["disallowed_source"] += 1
-                        continue
-                    accept = dev.accept_destinations
-                    if accept is not None and bytes(
-                        pkt[_V4_DST] if version == 4 else pkt[_V6_DST]
-                    ) not in accept:
-                        dev.drops["disallowed_destination"] += 1
+                    length = inner_length(peer, pkt, _P, size)
+                    if length < 0:
                         continue
                     totals[1] += 1
                     if gro is not None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from wgpy.keys import HIDDEN
+from wgpy.core.keys import HIDDEN
 
 log = logging.getLogger(__name__)
 

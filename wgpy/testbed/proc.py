@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any, Protocol
 
-from wgpy.errors import WgpyError
+from wgpy.core.errors import WgpyError
 
 DEFAULT_IMPL: tuple[str, ...] = ("wireguard-go",)
 SOCKET_DIR = "/run/wireguard"

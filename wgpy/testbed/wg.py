@@ -232,7 +232,7 @@ class WgInstance(_WgBase):
     ``/run/wireguard`` (tmpfs in its own mount namespace).
 
     `impl` is an argv prefix: ``["wireguard-go"]``, ``["wgpy-userspace"]``,
-    ``[sys.executable, "-m", "wgpy.userspace"]``. Call :meth:`start` (or use ``with``).
+    ``[sys.executable, "-m", "wgpy.tools.userspace"]``. Call :meth:`start` (or use ``with``).
     """
 
     def __init__(

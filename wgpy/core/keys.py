@@ -7,12 +7,10 @@ never puts private material into an exception message or a ``repr``.
 from __future__ import annotations
 
 import base64
-import os
 import secrets
-import stat
 
 from noise.crypto import clamp, generate_private_key, public_key
-from wgpy.errors import ConfigError
+from wgpy.core.errors import ConfigError
 
 __all__ = [
     "HIDDEN",
@@ -23,7 +21,6 @@ __all__ = [
     "generate_private_key",
     "parse_base64_key",
     "parse_hex_key",
-    "insecure_file_warning",
     "public_key",
     "short",
     "to_base64",
@@ -90,17 +87,3 @@ def short(public: bytes) -> str:
     """``peer(AbCd…WxYz)`` as wireguard-go logs a peer."""
     b = to_base64(public)
     return f"peer({b[:4]}…{b[39:43]})"
-
-
-def insecure_file_warning(path: str) -> str | None:
-    """A warning when a file holding keys is readable or writable by group or others."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        return (
-            f"Warning: {path} holds keys and is accessible by others "
-            f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it"
-        )
-    return None

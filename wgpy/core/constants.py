@@ -30,7 +30,7 @@ REPLAY_WINDOW = (128 - 1) * 64  # 8128, as wireguard-go and the kernel
 MAX_STAGED_PACKETS = 128  # per peer; the oldest is dropped when full (kernel behaviour)
 MAX_PEERS = 1 << 16
 MAX_ALLOWED_IPS = 1 << 20  # across all peers of a device
-# The handshake backlog (wgpy/backlog.py): handshake messages wait in a bounded queue, as in
+# The handshake backlog (wgpy/core/backlog.py): handshake messages wait in a bounded queue, as in
 # wireguard-go (QueueHandshakeSize 1024); what does not fit is dropped before mac1.
 MAX_QUEUED_HANDSHAKES = 1024
 # A backlog this deep means the thread cannot keep up: "under load" (wireguard-go: 1024/8).
