@@ -40,6 +40,7 @@ from wgpy.harness.checks import (
 from wgpy.harness.peer import HarnessError
 from wgpy.harness.report import Result, Status, render_junit, render_markdown, render_text
 from wgpy.harness.target import KNOWN, NamespaceTarget, Target, TargetError, UapiTarget
+from wgpy.harness.uml import UmlNamespaceTarget
 from wgpy.testbed.uml import build as uml_build
 
 WGPY_IMPL = [sys.executable, "-m", "wgpy.tools.userspace"]
@@ -177,7 +178,12 @@ def main(argv: list[str], prog: str = "wgpy conformance") -> int:
         elif isinstance(impl, tb.KernelUmlImpl) and uml_build.find() is None:
             results = not_applicable(checks, uml_build.missing_reason())
         else:
-            with NamespaceTarget(impl, name=label) as started:
+            runner = (
+                UmlNamespaceTarget(name=label)
+                if isinstance(impl, tb.KernelUmlImpl)
+                else NamespaceTarget(impl, name=label)
+            )
+            with runner as started:
                 results = run_suite(started, checks, flood_count=args.flood, progress=show)
     text = render_text(label, results)
     print(text.splitlines()[-1])

@@ -235,9 +235,9 @@ class NamespaceTarget:
     """Start an implementation in a fresh namespace and configure it (context manager).
 
     ``impl`` is an argv prefix (``["wireguard-go"]``, ``[sys.executable, "-m",
-    "wgpy.tools.userspace"]``), :data:`wgpy.testbed.KERNEL` or :data:`wgpy.testbed.KERNEL_UML`
-    (a User-Mode Linux guest, :mod:`wgpy.harness.uml`). On exit the process is stopped and
-    the namespace deleted, also after a failure.
+    "wgpy.tools.userspace"]``) or :data:`wgpy.testbed.KERNEL` (for
+    :data:`wgpy.testbed.KERNEL_UML`, :class:`wgpy.harness.uml.UmlNamespaceTarget`). On exit
+    the process is stopped and the namespace deleted, also after a failure.
     """
 
     def __init__(self, impl: tb.ImplSpec, *, name: str, start_timeout: float = 10.0) -> None:
@@ -258,23 +258,7 @@ class NamespaceTarget:
     def _start(self) -> Target:
         self.ns = tb.Namespace("wgpyh").create()
         self.ns.ip("addr", "add", "127.0.0.2/8", "dev", "lo")
-        target: Target
-        if isinstance(self.impl, tb.KernelUmlImpl):
-            from wgpy.harness.uml import UmlTarget, start_guest
-
-            guest = start_guest(self.ns)
-            self.instance = guest
-            target = UmlTarget(guest)
-        elif isinstance(self.impl, tb.KernelImpl):
-            kern = tb.KernelWg(self.ns, "wg0").start()
-            self.instance = kern
-            target = WgToolTarget(kern)
-        else:
-            inst = tb.WgInstance(
-                self.ns, self.impl, "wg0", start_timeout=self.start_timeout
-            ).start()
-            self.instance = inst
-            target = UapiTarget(inst.socket_path, netns=self.ns.name, name=self.name)
+        target = self._make(self.ns)
         private = crypto.generate_private_key()
         if isinstance(target, WgToolTarget):
             kern_inst = target.instance
@@ -292,10 +276,23 @@ class NamespaceTarget:
         target.public_key = crypto.public_key(private)
         target.private_key = private
         target.name = self.name
+        assert self.instance is not None  # set by _make
         self.instance.address(f"{TARGET_TUNNEL_IP}/24")
         self.instance.up(TARGET_MTU)
         self.target = target
         return target
+
+    def _make(self, ns: tb.Namespace) -> Target:
+        """Start the implementation in `ns` (kept in ``self.instance``); its unconfigured target."""
+        if isinstance(self.impl, tb.KernelImpl):
+            kern = tb.KernelWg(ns, "wg0").start()
+            self.instance = kern
+            return WgToolTarget(kern)
+        if isinstance(self.impl, tb.KernelUmlImpl):
+            raise TargetError("kernel-uml: use wgpy.harness.uml.UmlNamespaceTarget")
+        inst = tb.WgInstance(ns, self.impl, "wg0", start_timeout=self.start_timeout).start()
+        self.instance = inst
+        return UapiTarget(inst.socket_path, netns=ns.name, name=self.name)
 
     def output(self) -> str:
         """The implementation's own log output (userspace targets; the guest's console)."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import socket
 
 from wgpy import testbed as tb
-from wgpy.harness.target import TARGET_PORT, TargetError, WgToolTarget
+from wgpy.harness.target import TARGET_PORT, NamespaceTarget, Target, TargetError, WgToolTarget
 from wgpy.testbed.uml.guest import DATA_TAP
 
 LINK_PREFIX = "192.168.77."
@@ -58,3 +58,15 @@ class UmlTarget(WgToolTarget):
             self.guest.sh(f"printf '{octal}' | nc -u -w1 -q0 {dst} {port}", timeout=10)
         except tb.TestbedError as e:
             raise TargetError(str(e)) from None
+
+
+class UmlNamespaceTarget(NamespaceTarget):
+    """:class:`NamespaceTarget` for ``kernel-uml``: the guest boots in the harness's namespace."""
+
+    def __init__(self, *, name: str = "kernel-uml") -> None:
+        super().__init__(tb.KERNEL_UML, name=name)
+
+    def _make(self, ns: tb.Namespace) -> Target:
+        guest = start_guest(ns)
+        self.instance = guest
+        return UmlTarget(guest)
