@@ -165,6 +165,15 @@ def test_cli_parsing_and_case_plan() -> None:
     ]
 
 
+def test_kernel_case_is_the_module_and_uml_is_labelled_uml() -> None:
+    from benchmarks.run import Case
+
+    kernel = next(c for c in plan_cases([]) if c.name == "kernel")
+    assert isinstance(kernel.impl_a, tb.KernelImpl) and isinstance(kernel.impl_b, tb.KernelImpl)
+    uml = Case("wgpy->kernel-uml", ["wgpy-userspace"], tb.KERNEL_UML).describe()
+    assert uml["impl_b"] == "kernel-uml (User-Mode Linux guest)"
+
+
 @needs_testbed
 def test_quick_benchmark_wireguard_go(tmp_path: Path) -> None:
     before = set(tb.list_netns())
