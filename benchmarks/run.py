@@ -13,9 +13,10 @@ away (docs/benchmarks.md, section 5). Those figures are kept, for comparison.
 
 Cases: ``veth`` (bare veth, the physical limit), ``wireguard-go`` (the baseline), ``kernel``
 (when ``ip link add X type wireguard`` works; never the User-Mode Linux guest of the interop
-tests, whose 35-65 MB/s measure UML, not kernel WireGuard) and, for every ``--impl NAME=ARGV``: ``NAME``
-(both sides), ``NAME->wireguard-go`` and ``wireguard-go->NAME`` (A is the handshake
-initiator). The cases of one run execute back to back, so ratios pair figures of the same run.
+tests, whose 35-65 MB/s measure UML, not kernel WireGuard) and, for every
+``--impl NAME=ARGV``: ``NAME`` (both sides), ``NAME->wireguard-go`` and ``wireguard-go->NAME``
+(A is the handshake initiator). The cases of one run execute back to back, so ratios pair
+figures of the same run.
 
 Writes ``bench-STAMP.json``, ``.md`` and (with matplotlib) ``.png`` to ``benchmarks/results/``.
 Needs root, iperf3, ping, ip, nsenter, wg and wireguard-go.
