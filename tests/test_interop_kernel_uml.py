@@ -223,3 +223,14 @@ def test_rekey_after_time_with_traffic(pair: tb.Pair, sender: str) -> None:
     assert lost <= 1, r.stdout[-500:]
     hs1_a, hs1_b = _peer(pair.wg_a).latest_handshake, _peer(pair.wg_b).latest_handshake
     assert hs1_a >= hs0 + REKEY_AFTER_TIME and hs1_b >= hs0 + REKEY_AFTER_TIME
+
+
+def test_kernel_answers_an_unroutable_packet_with_icmp_unreachable(pair: tb.Pair) -> None:
+    """Protocol doc §7.2: no peer allows the destination. The kernel tells the sender at once
+    (ICMP host unreachable from wg0); wireguard-go and wgpy drop silently (wgpy counts it)."""
+    guest = _guest(pair)
+    guest.run(["ip", "route", "add", "10.99.1.0/24", "dev", "wg0"])
+    r = guest.run(["ping", "-n", "-c", "1", "-W", "2", "10.99.1.7"], check=False)
+    assert r.returncode != 0
+    assert "Destination Host Unreachable" in r.stdout, r.stdout
+    assert _peer(pair.wg_b).tx_bytes == 0  # nothing went out: no peer, no handshake
