@@ -38,4 +38,4 @@ echo "wgpy installed in $(pwd)/.venv"
 # The kernel's WireGuard as a User-Mode Linux guest, for the kernel interop tests: built once per
 # machine and recipe (about 5 minutes), found in /var/cache/wgpy/uml afterwards (about 0.1 s).
 # WGPY_UML_KERNEL=/path/to/linux uses a prebuilt kernel instead.
-.venv/bin/python -m wgpy.testbed.uml.build
+.venv/bin/python -m wgpy.testbed.uml

@@ -116,5 +116,5 @@ def test_demo_kernel_without_a_uml_kernel_says_how_to_get_one(tmp_path: Path) ->
         timeout=60, check=False,
     )
     assert res.returncode == 1
-    assert "no UML kernel at" in res.stderr and "python -m wgpy.testbed.uml.build" in res.stderr
+    assert "no UML kernel at" in res.stderr and "python -m wgpy.testbed.uml" in res.stderr
     assert res.stdout == ""

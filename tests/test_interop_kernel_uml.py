@@ -2,7 +2,7 @@
 
 Side A is wgpy in a namespace; side B is the UML guest bridged onto the veth (see
 wgpy/testbed/uml/guest.py), its wg0 the real kernel driver (Linux 6.1). The kernel and root
-filesystem come from ``python -m wgpy.testbed.uml.build`` (./install.sh runs it; cached under
+filesystem come from ``python -m wgpy.testbed.uml`` (./install.sh runs it; cached under
 /var/cache/wgpy/uml). Without them the tests skip and say how to build them, except under CI,
 where they fail: CI must run them.
 

@@ -190,7 +190,7 @@ def main(argv: list[str], prog: str = "wgpy demo") -> int:
         choices=("wgpy", "wireguard-go", "kernel"),
         default="wgpy",
         help="WireGuard implementation of the VPN node (default: wgpy); kernel: the kernel's "
-        "WireGuard in a User-Mode Linux guest (python -m wgpy.testbed.uml.build makes it)",
+        "WireGuard in a User-Mode Linux guest (python -m wgpy.testbed.uml makes it)",
     )
     args = p.parse_args(argv)
     if os.geteuid() != 0:

@@ -2,8 +2,8 @@
 
 Usage::
 
-    python -m wgpy.testbed.uml.build            # build what is missing (root: apt, debootstrap)
-    python -m wgpy.testbed.uml.build --check    # exit 1 if either is missing; builds nothing
+    python -m wgpy.testbed.uml            # build what is missing (root: apt, debootstrap)
+    python -m wgpy.testbed.uml --check    # exit 1 if either is missing; builds nothing
 
 Both are cached outside the clone, under ``$WGPY_UML_CACHE`` (default ``/var/cache/wgpy/uml``),
 each in a directory named after a hash of its recipe (the files in ``recipe/``), so a new clone
@@ -43,7 +43,7 @@ KERNEL_PACKAGES = (
 ROOTFS_PACKAGES = ("debootstrap", "busybox-static")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 HOW_TO_GET = (
-    "build it with `sudo python -m wgpy.testbed.uml.build` (about 5 minutes once per machine; "
+    "build it with `sudo python -m wgpy.testbed.uml` (about 5 minutes once per machine; "
     f"./install.sh does it), or point {KERNEL_ENV} at a prebuilt UML kernel"
 )
 
@@ -202,7 +202,7 @@ def ensure() -> Images:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m wgpy.testbed.uml.build", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m wgpy.testbed.uml", description=__doc__)
     p.add_argument("--check", action="store_true", help="only report; exit 1 if missing")
     args = p.parse_args(argv)
     if args.check:
@@ -216,7 +216,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(f"kernel {images.kernel}\nrootfs {images.rootfs}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
