@@ -31,8 +31,8 @@ import tempfile
 from collections.abc import Sequence
 from typing import IO, Any, Self
 
-from wgpy.testbed.netns import Namespace
 from wgpy.core.keys import redact
+from wgpy.testbed.netns import Namespace
 from wgpy.testbed.proc import TestbedError, _register, _unregister, run, wait_for
 from wgpy.testbed.uml import build
 from wgpy.testbed.wg import _WgBase
