@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,13 +40,31 @@ def run_async(coro: Callable[[], Awaitable[None]], timeout: float) -> None:
     asyncio.run(bounded())
 
 
-async def wait_until(cond: Callable[[], bool], timeout: float = 3.0) -> None:
-    """Poll ``cond`` every 10 ms; AssertionError if it is still false after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
+def _describe(cond: Callable[[], object], what: str | None) -> str:
+    if what:
+        return what
+    try:
+        return inspect.getsource(cond).strip()
+    except (OSError, TypeError):
+        return repr(cond)
+
+
+async def wait_until(
+    cond: Callable[[], object], timeout: float = 10.0, what: str | None = None
+) -> float:
+    """Poll ``cond`` on the running loop until it is true; return the loop time it was seen.
+
+    The one poll helper of the asyncio tests. On a :class:`tests.vtime.VirtualTimeLoop` the
+    limit is virtual time (so generous limits cost nothing); on a real loop it is real time.
+    Raises AssertionError naming what was awaited (``what``, else the condition's source).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {_describe(cond, what)}")
         await asyncio.sleep(0.01)
+    return loop.time()
 
 
 NETPROBE = str(Path(__file__).with_name("netprobe.py"))
