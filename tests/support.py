@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import os
 import shutil
@@ -38,33 +37,6 @@ def run_async(coro: Callable[[], Awaitable[None]], timeout: float) -> None:
         await asyncio.wait_for(coro(), timeout)
 
     asyncio.run(bounded())
-
-
-def _describe(cond: Callable[[], object], what: str | None) -> str:
-    if what:
-        return what
-    try:
-        return inspect.getsource(cond).strip()
-    except (OSError, TypeError):
-        return repr(cond)
-
-
-async def wait_until(
-    cond: Callable[[], object], timeout: float = 10.0, what: str | None = None
-) -> float:
-    """Poll ``cond`` on the running loop until it is true; return the loop time it was seen.
-
-    The one poll helper of the asyncio tests. On a :class:`tests.vtime.VirtualTimeLoop` the
-    limit is virtual time (so generous limits cost nothing); on a real loop it is real time.
-    Raises AssertionError naming what was awaited (``what``, else the condition's source).
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {_describe(cond, what)}")
-        await asyncio.sleep(0.01)
-    return loop.time()
 
 
 NETPROBE = str(Path(__file__).with_name("netprobe.py"))

@@ -19,10 +19,10 @@ import pytest
 from kubernetes.aio import client as _aclient
 
 from tests.fakeapi import CLIENT_HEADER, FakeApiServer
-from tests.support import wait_until
 from tests.vtime import advance, run_virtual
 from wgpy.supervisor.election import LeaderElector
 from wgpy.supervisor.lease import ElectionConfig, LeaseRecord, format_microtime
+from wgpy.testbed import wait_until
 
 aclient: Any = _aclient
 NS, NAME = "kube-system", "plndr-cp-lock"

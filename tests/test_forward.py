@@ -14,6 +14,7 @@ import pytest
 from tests.support import run_async
 from wgpy.supervisor.forward import TcpForwarder, UdpForwarder, make_forwarder
 from wgpy.supervisor.model import Target
+from wgpy.testbed import wait_until
 
 VIP = "127.0.0.2"
 
@@ -382,15 +383,6 @@ def test_make_forwarder_rejects_unknown_protocol() -> None:
 # --- issue 15 point 8: one client cannot exhaust a forwarder ----------------------------------
 
 
-async def _wait(cond: object, timeout: float = 3.0) -> None:
-    assert callable(cond)
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        assert loop.time() < end, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
 def test_tcp_per_source_limit_leaves_room_for_other_clients() -> None:
     async def main() -> None:
         hold = asyncio.Event()
@@ -409,7 +401,7 @@ def test_tcp_per_source_limit_leaves_room_for_other_clients() -> None:
                 _r, w = await asyncio.open_connection(VIP, fwd.bound_port, local_addr=(
                     "127.0.0.1", 0))
                 writers.append(w)
-            await _wait(lambda: fwd.stats.active == 2)
+            await wait_until(lambda: fwd.stats.active == 2)
             r3, w3 = await asyncio.open_connection(VIP, fwd.bound_port,
                                                    local_addr=("127.0.0.1", 0))
             writers.append(w3)
@@ -420,7 +412,7 @@ def test_tcp_per_source_limit_leaves_room_for_other_clients() -> None:
             _r4, w4 = await asyncio.open_connection(VIP, fwd.bound_port,
                                                     local_addr=("127.0.0.3", 0))
             writers.append(w4)
-            await _wait(lambda: fwd.stats.active == 3)
+            await wait_until(lambda: fwd.stats.active == 3)
             assert fwd.per_source == {"127.0.0.1": 2, "127.0.0.3": 1}
         finally:
             for w in writers:
@@ -461,7 +453,7 @@ def test_tcp_idle_connections_are_closed_active_ones_kept() -> None:
             assert fwd.expire(now=700.0) == 1   # only the first: idle since 0
             with contextlib.suppress(ConnectionError):
                 assert await asyncio.wait_for(r1.read(), 3) == b""
-            await _wait(lambda: fwd.stats.active == 1)
+            await wait_until(lambda: fwd.stats.active == 1)
             assert fwd.stats.idle_closed == 1 and fwd.per_source == {"127.0.0.1": 1}
             w2.write(b"z")
             await w2.drain()

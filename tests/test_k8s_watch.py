@@ -11,9 +11,9 @@ from typing import Any
 from kubernetes.aio import client as _aclient
 
 from tests.fakeapi import FakeApiServer
-from tests.support import wait_until
 from tests.vtime import advance, run_virtual
 from wgpy.supervisor.watch import Backoff, Change, Reflector
+from wgpy.testbed import wait_until
 
 aclient: Any = _aclient
 NS = "kube-system"

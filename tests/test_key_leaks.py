@@ -43,7 +43,6 @@ from tests.supervisor_support import (
     deploy_rbac,
     embedded_scenario,
     secret,
-    wait_for,
 )
 from tests.support import WGPY, WIREGUARD_GO, needs_root
 from tests.test_supervisor_k8s import StubForwarder, StubRuntime
@@ -52,7 +51,7 @@ from wgpy.core.keys import generate_private_key, public_key, to_base64
 from wgpy.supervisor.kubemode import KubeSettings, run_kubernetes_mode
 from wgpy.supervisor.main import JsonFormatter, TextFormatter
 from wgpy.supervisor.manager import Supervisor
-from wgpy.testbed import Namespace, PeerConf, WgInstance, make_pair
+from wgpy.testbed import Namespace, PeerConf, WgInstance, make_pair, wait_for
 from wgpy.testbed.topology import tunnels_yaml
 
 

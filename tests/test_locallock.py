@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import wait_until
 from tests.vtime import advance, run_virtual
 from wgpy.supervisor.locallock import LocalLockElector, read_sidecar
+from wgpy.testbed import wait_until
 
 RETRY = 0.05
 POLL = 0.01  # the step of wait_until

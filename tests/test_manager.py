@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 from noise import tai64n
-from tests.support import wait_until
 from tests.vtime import advance, run_virtual
 from wgpy.supervisor.config import Forward, Tunnel
 from wgpy.supervisor.forward import Forwarder, TcpForwarder, UdpForwarder
@@ -29,6 +28,7 @@ from wgpy.supervisor.manager import (
     parse_floor,
 )
 from wgpy.supervisor.model import ForwardRule, Target, TunnelStatus
+from wgpy.testbed import wait_until
 
 NS = 1_000_000_000
 T0 = 1_700_000_000 * NS

@@ -12,7 +12,6 @@ import pytest
 from kubernetes.aio import client as _aclient
 
 from tests.fakeapi import FakeApiServer
-from tests.support import wait_until
 from tests.vtime import advance, run_virtual
 from wgpy.supervisor.config import parse_tunnels
 from wgpy.supervisor.model import ForwardRule, Target
@@ -28,6 +27,7 @@ from wgpy.supervisor.services import (
     service_ips,
 )
 from wgpy.supervisor.watch import Backoff
+from wgpy.testbed import wait_until
 
 aclient: Any = _aclient
 VIP, VIP2 = "10.200.0.1", "10.200.0.2"
