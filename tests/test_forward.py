@@ -208,11 +208,7 @@ def test_tcp_connection_limit_refuses_and_counts() -> None:
         await fwd.start()
         try:
             _r1, w1 = await asyncio.open_connection(VIP, fwd.bound_port)
-            for _ in range(100):  # wait until the first one is counted active
-                if fwd.stats.active == 1:
-                    break
-                await asyncio.sleep(0.01)
-            assert fwd.stats.active == 1
+            await wait_until(lambda: fwd.stats.active == 1)  # the first one counted active
             r2, w2 = await asyncio.open_connection(VIP, fwd.bound_port)
             with contextlib.suppress(ConnectionError):
                 assert await asyncio.wait_for(r2.read(), 3) == b""
@@ -241,7 +237,7 @@ def test_tcp_close_ends_open_connections_and_frees_port() -> None:
         await fwd.start()
         port = fwd.bound_port
         r, w = await asyncio.open_connection(VIP, port)
-        await asyncio.sleep(0.1)
+        await wait_until(lambda: fwd.stats.active == 1)  # accepted and proxied
         await fwd.close()
         with contextlib.suppress(ConnectionError):
             assert await asyncio.wait_for(r.read(), 3) == b""  # closed by the forwarder
@@ -361,10 +357,7 @@ def test_udp_unreachable_target_drops_flow_and_next_uses_other_target() -> None:
             c, p = await udp_client()
             try:
                 c.sendto(b"1", (VIP, fwd.bound_port))  # goes to the dead target: ICMP
-                for _ in range(100):
-                    if fwd.stats.errors:
-                        break
-                    await asyncio.sleep(0.01)
+                await wait_until(lambda: fwd.stats.errors > 0)
                 assert fwd.stats.errors == 1
                 assert fwd.flows == {}
                 assert await udp_ask(c, p, fwd.bound_port, b"2") == b"b:2"
