@@ -129,7 +129,7 @@ def test_drop_hold_release_and_port_conflicts() -> None:
 
 
 def test_the_memory_bind_is_a_bind() -> None:
-    bind: Bind = MemoryNetwork().bind()  # the protocol, checked by mypy as well
+    bind: Bind = MemoryNetwork().bind()  # mypy checks the protocol (wgpy.io.membind)
     assert bind.sockets() == [] and bind.open(0) > 0 and len(bind.sockets()) == 1
     fd = bind.sockets()[0].fileno()
     bind.close()

@@ -32,6 +32,8 @@ from wgpy.io.fastpath import SOL_UDP, UDP_GRO, UDP_SEGMENT
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
 
+    from wgpy.io.bind import Bind
+
 Address = tuple[str, int]
 Datagram = tuple[bytes, Address, Address]  # data, source, destination
 GRO_MAX_SEGMENTS = 64
@@ -143,7 +145,7 @@ class MemorySocket:
         if (level, optname) == (SOL_UDP, UDP_GRO):
             self.gro = bool(value)
         elif (level, optname) == (socket.SOL_SOCKET, socket.SO_MARK):
-            self.mark = int(value)  # type: ignore[arg-type]
+            self.mark = int(value)
         else:
             raise OSError(errno.ENOPROTOOPT, "not emulated by MemorySocket")
 
@@ -311,3 +313,9 @@ class MemoryBind:
         for s in self.sockets():
             s.close()
         self.v4 = self.v6 = None
+
+
+if TYPE_CHECKING:
+
+    def _is_a_bind(bind: MemoryBind) -> Bind:  # mypy checks that a MemoryBind is a Bind
+        return bind
