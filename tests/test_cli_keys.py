@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from wgpy.core.keys import decode_base64_key
 from wgpy.tools import cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,5 +157,5 @@ def test_usage_and_unknown_command() -> None:
 def test_decode_key_matches_base64_on_canonical_keys() -> None:
     for _ in range(50):
         raw = os.urandom(32)
-        assert cli.decode_key(base64.b64encode(raw)) == raw
-    assert cli.decode_key(GOOD[:42] + b"l=") is None
+        assert decode_base64_key(base64.b64encode(raw)) == raw
+    assert decode_base64_key(GOOD[:42] + b"l=") is None

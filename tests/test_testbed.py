@@ -80,7 +80,7 @@ def test_build_conf_and_redaction() -> None:
         "PersistentKeepalive = 25",
     ]
     assert KEY not in repr(tb.PeerConf(KEY2, preshared_key=KEY))
-    assert tb.redact(f"bad line: PrivateKey = {KEY}") == "bad line: PrivateKey = (key)"
+    assert tb.redact(f"bad line: PrivateKey = {KEY}") == "bad line: PrivateKey = (hidden)"
 
 
 def test_wg_instance_rejects_string_impl() -> None:

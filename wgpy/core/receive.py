@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
 from noise.handshake import Handshake
 from wgpy.core import handshakes, messages
 from wgpy.core.backlog import is_first_contact
@@ -17,6 +20,14 @@ from wgpy.core.send import Sender
 from wgpy.core.state import Buffer
 
 _HEADER = messages.TRANSPORT_HEADER
+
+
+class _FromSender(Protocol):
+    @property
+    def sender_index(self) -> int: ...
+
+
+_M = TypeVar("_M", bound=_FromSender)
 # handshake message types and their exact sizes: the only check before the backlog
 _HANDSHAKE_SIZES = {
     messages.MESSAGE_INITIATION: messages.MESSAGE_INITIATION_SIZE,
@@ -177,14 +188,30 @@ class Receiver(Sender):
             return False
         return True
 
-    def _receive_initiation(self, data: bytes, addr: Endpoint, *, now: float) -> None:
-        msg = messages.parse_initiation(data)
+    def _parse_admitted(
+        self, parse: Callable[[bytes], _M | None], data: bytes, addr: Endpoint, *, now: float
+    ) -> _M | None:
+        """The parsed handshake message if it is well-formed and admitted, else None (the
+        drop counted). Then the device has a private key."""
+        msg = parse(data)
         if msg is None:
             self._drop(Drop.MALFORMED)
-            return
+            return None
         if not self._admitted(data, addr, msg.sender_index, now=now):
+            return None
+        return msg
+
+    def _authenticated_handshake(self, peer: Peer, data: bytes, addr: Endpoint, now: float) -> None:
+        """A handshake message from ``peer`` passed every check: roam, count, timers."""
+        peer.endpoint = addr
+        peer.rx_bytes += len(data)
+        peer.timers_any_authenticated_packet_traversal(now=now)
+        peer.timers_any_authenticated_packet_received(now=now)
+
+    def _receive_initiation(self, data: bytes, addr: Endpoint, *, now: float) -> None:
+        msg = self._parse_admitted(messages.parse_initiation, data, addr, now=now)
+        if msg is None or self.static is None:
             return
-        assert self.static is not None
         hs = handshakes.consume_initiation_message(self.static, msg, self._handshake_of, now=now)
         if isinstance(hs, Drop):
             self._drop(hs)
@@ -192,10 +219,7 @@ class Receiver(Sender):
         peer = self.peers[hs.remote_static]
         # consuming overwrote any initiation of ours: its index must go
         self.index_table.remove_handshake(peer, hs.local_index)
-        peer.endpoint = addr
-        peer.rx_bytes += len(data)
-        peer.timers_any_authenticated_packet_traversal(now=now)
-        peer.timers_any_authenticated_packet_received(now=now)
+        self._authenticated_handshake(peer, data, addr, now)
         # respond; the new keypair waits in `next` until the initiator confirms it
         msg_out = handshakes.response(
             peer, index=self.index_table.new_index(peer), ephemeral=self.keygen(), now=now
@@ -225,13 +249,9 @@ class Receiver(Sender):
             sink(secrets)
 
     def _receive_response(self, data: bytes, addr: Endpoint, *, now: float) -> None:
-        msg = messages.parse_response(data)
-        if msg is None:
-            self._drop(Drop.MALFORMED)
+        msg = self._parse_admitted(messages.parse_response, data, addr, now=now)
+        if msg is None or self.static is None:
             return
-        if not self._admitted(data, addr, msg.sender_index, now=now):
-            return
-        assert self.static is not None
         entry = self.index_table.get(msg.receiver_index)
         if entry is None or entry[1] is not None:
             self._drop(Drop.UNKNOWN_INDEX)
@@ -241,11 +261,8 @@ class Receiver(Sender):
         if drop is not None:
             self._drop(drop)
             return
-        peer.endpoint = addr
-        peer.rx_bytes += len(data)
+        self._authenticated_handshake(peer, data, addr, now)
         self.handshakes_completed += 1
-        peer.timers_any_authenticated_packet_traversal(now=now)
-        peer.timers_any_authenticated_packet_received(now=now)
         self._begin_session(peer, now=now)
         peer.timers_handshake_complete(wall_ns=self.wall_time_ns())
         if peer.staged:

@@ -20,6 +20,7 @@ from wgpy.core.constants import (
     MAX_PEERS,
     MAX_QUEUED_HANDSHAKES,
     REKEY_TIMEOUT,
+    REKEY_TIMEOUT_JITTER_MAX,
     UNDER_LOAD_BACKLOG,
     UNDER_LOAD_RATE,
 )
@@ -29,6 +30,7 @@ from wgpy.core.keypair import SessionSecrets
 from wgpy.core.peer import Endpoint, Peer
 
 Rng = Callable[[int], bytes]
+_JITTER_MS = round(REKEY_TIMEOUT_JITTER_MAX * 1000)  # 334: 0..333 ms
 Buffer = bytes | bytearray | memoryview
 
 
@@ -126,7 +128,7 @@ class DeviceState:
             pos = 0
         self._jitter_pos = pos + 2
         pool = self._jitter_pool
-        return (pool[pos] | pool[pos + 1] << 8) % 334 / 1000.0
+        return (pool[pos] | pool[pos + 1] << 8) % _JITTER_MS / 1000.0
 
     def _clear_handshake(self, peer: Peer) -> None:
         self.index_table.remove_handshake(peer, peer.handshake.local_index)

@@ -12,10 +12,10 @@ import select
 import socket
 from typing import Protocol, TypeVar
 
+from wgpy.core.constants import MAX_DATAGRAM
 from wgpy.testbed.netns import run_in_netns
 
 Address = tuple[str, int]
-MAX_DATAGRAM = 65535
 T = TypeVar("T")
 
 

@@ -80,17 +80,17 @@ UDP_GRO = 104
 BATCH = 128  # packets per wake-up and source (wireguard-go IdealBatchSize)
 GSO_MAX_SEGMENTS = 64  # the kernel takes 128; wireguard-go stops at 64
 GSO_MAX_BYTES = 65000  # one GSO send is one IP packet: ≤ 65535 with headers
-MAX_PACKET = 65535  # the largest IP packet a TUN read can return
+MAX_TUN_READ = 65535  # the largest IP packet a TUN read can return
 HEADROOM = messages.TRANSPORT_HEADER_SIZE
 TAG = messages.TAG_SIZE
-ARENA = 4 * (MAX_PACKET + 64)
+ARENA = 4 * (MAX_TUN_READ + 64)
 RX_BUFFER = 65536 + 64
-_ARENA_LIMIT = ARENA - MAX_PACKET - HEADROOM - TAG - 16  # start a new arena pass beyond
+_ARENA_LIMIT = ARENA - MAX_TUN_READ - HEADROOM - TAG - 16  # start a new arena pass beyond
 
 # Plaintext buffers (``_pt`` for sending, ``_pkt`` for receiving) hold the IP packet at _P,
 # behind room for a virtio_net_hdr: fixed offsets for the header fields.
 _P = VNET_HDR_LEN
-PLAINTEXT = _P + MAX_PACKET + 16  # a packet, its padding and the header in front
+PLAINTEXT = _P + MAX_TUN_READ + 16  # a packet, its padding and the header in front
 
 _HEADER = messages.TRANSPORT_HEADER
 _SEGMENT = struct.Struct("=H")
@@ -147,7 +147,7 @@ class FastPath:
         self._txv = memoryview(self._tx)
         self._pt = bytearray(PLAINTEXT)  # the TUN packet being sealed
         self._ptv = memoryview(self._pt)
-        self._pt_read = self._ptv[_P - self._vnet_len : _P + MAX_PACKET]
+        self._pt_read = self._ptv[_P - self._vnet_len : _P + MAX_TUN_READ]
         self._rx = bytearray(RX_BUFFER)  # received datagrams
         self._rxv = memoryview(self._rx)
         self._pkt = bytearray(PLAINTEXT)  # the opened packet, written to the TUN from here

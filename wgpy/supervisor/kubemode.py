@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from wgpy.core.errors import ConfigError
+from wgpy.core.keys import redact
 from wgpy.supervisor.election import LeaderElector
-from wgpy.supervisor.events import EventRecorder, lease_ref, redact, secret_ref
+from wgpy.supervisor.events import EventRecorder, lease_ref, secret_ref
 from wgpy.supervisor.http import HttpServer
 from wgpy.supervisor.lease import ElectionConfig
 from wgpy.supervisor.secret import SecretController, api_client, pod_namespace

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wgpy.core.errors import ConfigError
+from wgpy.core.keys import redact
 from wgpy.io.keyfiles import insecure_file_warning
 
 log = logging.getLogger("wgpy.supervisor")
@@ -227,12 +228,6 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
 # -- logging ----------------------------------------------------------------------------------
 
 
-def _redact(text: str) -> str:
-    from wgpy.supervisor.events import redact
-
-    return redact(text)
-
-
 class TextFormatter(logging.Formatter):
     """kube-vip's slog text shape (``2026/09/04 08:37:59 INFO msg``), key-shaped strings
     hidden: no code path logs a key, and this is the defence in depth if one ever quotes one
@@ -242,7 +237,7 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(message)s", "%Y/%m/%d %H:%M:%S")
 
     def format(self, record: logging.LogRecord) -> str:
-        return _redact(super().format(record))
+        return redact(super().format(record))
 
 
 class JsonFormatter(logging.Formatter):
@@ -254,10 +249,10 @@ class JsonFormatter(logging.Formatter):
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
             "level": record.levelname,
             "logger": record.name,
-            "msg": _redact(record.getMessage()),
+            "msg": redact(record.getMessage()),
         }
         if record.exc_info:
-            out["exc"] = _redact(self.formatException(record.exc_info))
+            out["exc"] = redact(self.formatException(record.exc_info))
         return json.dumps(out)
 
 

@@ -80,11 +80,6 @@ def usage() -> str:
 
 # --- keys (wireguard-tools genkey.c / pubkey.c) -------------------------------------------------
 
-def decode_key(text: bytes) -> bytes | None:
-    """``key_from_base64``: :func:`wgpy.core.keys.decode_base64_key`, the one strict decoder."""
-    return decode_base64_key(text)
-
-
 def _warn_if_world_accessible() -> None:
     """wg warns when the key goes to a regular file that others can read."""
     try:
@@ -137,7 +132,7 @@ def pubkey_main(argv: list[str], prog: str) -> int:
         if trailing.strip(b" \t\n\v\f\r\0"):
             print(f"{PROG}: Trailing characters found after key", file=sys.stderr)
             return 1
-    key = decode_key(text.split(b"\0", 1)[0])  # wg uses strlen: a NUL ends the key early
+    key = decode_base64_key(text.split(b"\0", 1)[0])  # wg uses strlen: a NUL ends the key early
     if key is None:
         print(f"{PROG}: Key is not the correct length or format", file=sys.stderr)
         return 1
