@@ -26,10 +26,10 @@ from tests.supervisor_support import (
     embedded_scenario,
     kube_scenario,
     start_leader_and_follower,
-    wait_for,
 )
 from tests.support import needs_root
 from wgpy.core.constants import KEEPALIVE_TIMEOUT, REKEY_TIMEOUT
+from wgpy.testbed import wait_for
 from wgpy.testbed.topology import client_ip
 
 DURATION, RENEW, RETRY = LEASE
