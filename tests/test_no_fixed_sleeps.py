@@ -19,7 +19,7 @@ TESTS = Path(__file__).resolve().parent
 
 # module: (fixed sleeps allowed, why) -- live end-to-end tests only
 ALLOWED: dict[str, tuple[int, str]] = {
-    "test_faults.py": (4, "fault windows: nobody may lead during a partition or past an expiry"),
+    "test_faults.py": (3, "fault windows: nobody may lead during a partition or past an expiry"),
     "test_supervisor_embedded.py": (1, "a window in which nothing may come back up"),
     "test_split_brain.py": (1, "samples after settling, not a wait for a condition"),
     "test_seed_e2e.py": (1, "the sampling period of a traffic check over a fixed span"),
