@@ -101,7 +101,7 @@ def test_tcp_10mb_wgpy_to_kernel(pair: tb.Pair) -> None:
     )
     receiver.start()
     try:
-        assert tb.wait_for(lambda: _guest_listening(guest, 5201), 20, 0.1)
+        tb.wait_for(lambda: _guest_listening(guest, 5201), 20, "nc listening in the guest", 0.1)
         source = probe(pair.ns_a, "tcp-source", pair.tun_ip_b, "5201", str(TCP_BYTES))
         try:
             sent = json_line(source, timeout=180)
@@ -193,7 +193,8 @@ def test_new_session_replaces_the_running_one(pair: tb.Pair, renewer: str) -> No
     pair.wait_handshake()
     _ping_both_ways(pair)
     before = _peer(pair.wg_a).latest_handshake, _peer(pair.wg_b).latest_handshake
-    time.sleep(1.1)  # latest-handshake has 1 s resolution: let a new one be told apart
+    # latest-handshake counts whole seconds: a new handshake must fall in a later one
+    tb.wait_for(lambda: time.time() >= max(before) + 1, 3, "the next second")
     w, other_pub, other_ip, endpoint, from_a = (
         (pair.wg_a, pair.pub_b, pair.tun_ip_b, f"{pair.veth.ip_b}:51820", True)
         if renewer == "wgpy"

@@ -33,7 +33,14 @@ from typing import IO, Any, Self
 
 from wgpy.core.keys import redact
 from wgpy.testbed.netns import Namespace
-from wgpy.testbed.proc import TestbedError, _register, _unregister, run, wait_for
+from wgpy.testbed.proc import (
+    TestbedError,
+    WaitTimeout,
+    _register,
+    _unregister,
+    run,
+    wait_for,
+)
 from wgpy.testbed.uml import build
 from wgpy.testbed.wg import _WgBase
 
@@ -159,7 +166,12 @@ class UmlGuest(_WgBase):
         )
         ready = os.path.join(self.run_dir, "ready")
         proc = self.proc
-        wait_for(lambda: proc.poll() is not None or os.path.exists(ready), self.boot_timeout, 0.05)
+        with contextlib.suppress(WaitTimeout):  # reported below, with the console
+            wait_for(
+                lambda: proc.poll() is not None or os.path.exists(ready),
+                self.boot_timeout,
+                interval=0.05,
+            )
         if not os.path.exists(ready):
             state = f"exited with {proc.poll()}" if proc.poll() is not None else "not ready"
             raise TestbedError(
