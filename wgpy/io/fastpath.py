@@ -8,6 +8,10 @@ layer moves the common case — a data packet on an established session — with
   plaintext buffer, padded there and sealed (``encrypt_into``) into an arena behind their
   header; consecutive same-size datagrams to one endpoint form a run sent with one
   ``sendmsg`` carrying a ``UDP_SEGMENT`` cmsg (UDP GSO), at most ``GSO_MAX_SEGMENTS`` per run.
+  On a TUN with send offloads (``LinuxTun(offload=True)``) a read may be a TCP or UDP
+  super-packet of up to 64 KiB: :class:`tun.offload.Segmenter` cuts it into checksummed
+  segments, which are sealed one after the other as if read one by one (a read whose
+  checksum is only partial gets it completed first).
 * **UDP → TUN** (:meth:`FastPath.on_udp`): ``recvmsg_into`` one buffer; with ``UDP_GRO`` the
   kernel hands several datagrams of one flow at once, split by the cmsg's segment size. Each is
   opened (``decrypt_into``) into a packet buffer, replay-checked *after* authentication,
@@ -64,6 +68,7 @@ from typing import Any
 from noise.crypto import AuthenticationFailed
 from noise.crypto import pack_nonce as _nonce
 from tun.base import VNET_HDR_LEN, TunDevice
+from tun.offload import MAX_ROWS, VNET_HDR, Segmenter, complete_checksum
 from wgpy import messages
 from wgpy.device import Device
 from wgpy.io.faults import FaultLog
@@ -77,6 +82,7 @@ UDP_SEGMENT = 103
 UDP_GRO = 104
 
 BATCH = 128  # packets per wake-up and source (wireguard-go IdealBatchSize)
+MAX_SEALED = BATCH + MAX_ROWS  # packets one on_tun may seal: reads, then a split's segments
 GSO_MAX_SEGMENTS = 64  # the kernel takes 128; wireguard-go stops at 64
 GSO_MAX_BYTES = 65000  # one GSO send is one IP packet: ≤ 65535 with headers
 MAX_PACKET = 65535  # the largest IP packet a TUN read can return
@@ -143,6 +149,8 @@ class FastPath:
         vnet = self._file is not None and bool(getattr(tun, "vnet_hdr", False))
         self._vnet_len = VNET_HDR_LEN if vnet else 0
         self.gro = TcpCoalescer(self._write) if vnet else None
+        # TUNSETOFFLOAD done: reads may be super-packets, split here (tun.offload)
+        self.tso = Segmenter() if vnet and getattr(tun, "offload", False) else None
         self._pending_rx: dict[Peer, list[Any]] = {}  # received, not yet committed
         self._tx = bytearray(ARENA)  # sealed datagrams, sent in GSO runs
         self._txv = memoryview(self._tx)
@@ -263,63 +271,91 @@ class FastPath:
         pt, ptv, into = self._pt, self._ptv, self._pt_read
         view = self._txv
         vnet = self._vnet_len
+        tso = self.tso
+        # the packet being sealed is src[p:p+n]: the TUN read in pt, or a segment of it (tso)
+        src, srcv, p, n = pt, ptv, _P, 0
+        rows = k = stride = 0  # segments of the latest read, the next one, their spacing
+        lengths: list[int] = []
         # the peer of the previous packet, its keypair, seal and endpoint
         last_peer: Peer | None = None
+        peer: Peer | None = None
         kp: Keypair | None = None
         seal = None
         endpoint: Endpoint | None = None
         sent: list[tuple[Peer, int, int]] = []  # (peer, bytes, packets) of finished peers
         nbytes = count = 0
         off = 0
+        budget = BATCH
         first = True
         error: str | None = None
-        for _ in range(BATCH):
+        while True:
             if off > _ARENA_LIMIT:
                 self._send_run()
                 off = 0
-            try:
-                n = read_into(into)
-            except BlockingIOError:
-                break
-            except OSError as e:
-                if e.errno in (errno.EINTR, errno.EAGAIN):
+            if k < rows:  # the next segment of a split read: same flow, same peer
+                p, n = k * stride, lengths[k]
+                k += 1
+            else:
+                if budget <= 0:
                     break
-                error = f"TUN read failed: {e.strerror}"
-                break
-            if n is None:  # FileIO's EAGAIN
-                break
-            if vnet:  # its virtio_net_hdr comes first; no offloads were asked for
-                n -= vnet
-                if pt[1] or pt[0] & NEEDS_CSUM:
+                budget -= 1
+                try:
+                    n = read_into(into)
+                except BlockingIOError:
+                    break
+                except OSError as e:
+                    if e.errno in (errno.EINTR, errno.EAGAIN):
+                        break
+                    error = f"TUN read failed: {e.strerror}"
+                    break
+                if n is None:  # FileIO's EAGAIN
+                    break
+                src, srcv, p = pt, ptv, _P
+                if vnet:  # its virtio_net_hdr comes first
+                    n -= vnet
+                    if pt[1] or pt[0] & NEEDS_CSUM:  # offloads (tun.offload)
+                        if tso is None:  # not asked for
+                            dev.drops["malformed_outbound"] += 1
+                            continue
+                        hdr = VNET_HDR.unpack_from(pt, 0)
+                        if pt[1]:
+                            rows = tso.split(pt, _P, n, hdr, mtu)
+                            if not rows:
+                                dev.drops["malformed_outbound"] += 1
+                                continue
+                            src, srcv, stride, lengths = tso.buf, tso.view, tso.stride, tso.lengths
+                            p, n, k = 0, lengths[0], 1
+                            budget -= rows - 1
+                        elif not complete_checksum(pt, _P, n, hdr[4], hdr[5]):
+                            dev.drops["malformed_outbound"] += 1
+                            continue
+                version = src[p] >> 4 if n else 0
+                if version == 4 and n >= 20:
+                    peer = lookup(src[p + 16 : p + 20])
+                elif version == 6 and n >= 40:
+                    peer = lookup(src[p + 24 : p + 40])
+                else:
                     dev.drops["malformed_outbound"] += 1
                     continue
-            version = pt[_P] >> 4 if n else 0
-            if version == 4 and n >= 20:
-                peer = lookup(pt[_V4_DST])
-            elif version == 6 and n >= 40:
-                peer = lookup(pt[_V6_DST])
-            else:
-                dev.drops["malformed_outbound"] += 1
-                continue
-            if peer is None:
-                dev.drops["no_route"] += 1
-                continue
+                if peer is None:
+                    dev.drops["no_route"] += 1
+                    continue
             try:
                 if peer is not last_peer:
                     if count:
                         sent.append((last_peer, nbytes, count))  # type: ignore[arg-type]
                         nbytes = count = 0
                     last_peer = peer
-                    kp = dev.sendable_keypair(peer, now=now, count=BATCH)
+                    kp = dev.sendable_keypair(peer, now=now, count=MAX_SEALED)  # type: ignore[arg-type]
                     seal = kp.send.encrypt_into if kp is not None else None
-                    endpoint = peer.endpoint
+                    endpoint = peer.endpoint  # type: ignore[union-attr]
                 if kp is None or seal is None or endpoint is None:
                     # the ordinary path: it stages, handshakes or renews as the protocol says
                     if count:
                         sent.append((last_peer, nbytes, count))  # type: ignore[arg-type]
                         nbytes = count = 0
                     last_peer = None  # its state may change
-                    self._ordinary_tun(bytes(ptv[_P : _P + n]), sent, now)
+                    self._ordinary_tun(bytes(srcv[p : p + n]), sent, now)
                     continue
                 if n < mtu:  # messages.padding_size, inlined for the common case
                     pad = (n + 15) & ~15
@@ -328,16 +364,16 @@ class FastPath:
                     pad = padding_size(n, mtu)
                 size = n + pad
                 if pad:
-                    pt[_P + n : _P + size] = _ZEROS[:pad]
+                    src[p + n : p + size] = _ZEROS[:pad]
                 counter = kp.send_counter
                 kp.send_counter = counter + 1
                 body = off + HEADROOM
                 _HEADER.pack_into(view, off, _TRANSPORT, kp.remote_index, counter)
-                seal(_nonce(counter), ptv[_P : _P + size], None, view[body : body + size + TAG])
+                seal(_nonce(counter), srcv[p : p + size], None, view[body : body + size + TAG])
             except Exception as e:  # a bug or a dependency's change: the packet goes the
                 self._fault(e)  # ordinary way, and the fault is counted and shown
                 last_peer = None
-                self._ordinary_tun(bytes(ptv[_P : _P + n]), sent, now)
+                self._ordinary_tun(bytes(srcv[p : p + n]), sent, now)
                 continue
             length = size + HEADROOM + TAG
             nbytes += length
@@ -485,9 +521,10 @@ class FastPath:
                         dev.drops["disallowed_source"] += 1
                         continue
                     accept = dev.accept_destinations
-                    if accept is not None and bytes(
-                        pkt[_V4_DST] if version == 4 else pkt[_V6_DST]
-                    ) not in accept:
+                    if (
+                        accept is not None
+                        and bytes(pkt[_V4_DST] if version == 4 else pkt[_V6_DST]) not in accept
+                    ):
                         dev.drops["disallowed_destination"] += 1
                         continue
                     totals[1] += 1

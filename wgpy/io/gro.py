@@ -53,6 +53,12 @@ def wanted() -> bool:
     return os.environ.get("WGPY_TUN_GRO", "1") != "0"
 
 
+def tso_wanted() -> bool:
+    """Whether those TUNs also take send offloads (``TUNSETOFFLOAD``, super-packets on reads,
+    :mod:`tun.offload`): yes unless ``WGPY_TUN_TSO=0`` (or ``WGPY_TUN_GRO=0``)."""
+    return wanted() and os.environ.get("WGPY_TUN_TSO", "1") != "0"
+
+
 def ones_sum(data: bytes | bytearray | memoryview) -> int:
     """The Internet checksum's ones'-complement sum of ``data`` (even length), folded to 16
     bits: a big-endian integer of 16-bit words is congruent to their sum modulo 0xFFFF."""
