@@ -161,7 +161,7 @@ def test_split_gives_segments_a_stack_accepts(
     case: tuple[int, int, int, int, int], vectorised: bool
 ) -> None:
     version, proto, size, gso_size, mtu = case
-    if vectorised and offload._np is None:
+    if vectorised and offload._numpy() is None:
         pytest.skip("numpy not installed")
     payload = random.Random(size).randbytes(size)
     flags = 0x18 | 0x01 | 0x80 if proto == 6 else 0
@@ -179,7 +179,7 @@ def test_split_gives_segments_a_stack_accepts(
 
 @pytest.mark.parametrize("case", CASES)
 def test_numpy_and_python_cut_the_same_bytes(case: tuple[int, int, int, int, int]) -> None:
-    if offload._np is None:
+    if offload._numpy() is None:
         pytest.skip("numpy not installed")
     version, proto, size, gso_size, mtu = case
     payload = b"\xff" * 64 + random.Random(size + 1).randbytes(size - 64)  # a ±0 word sum too
@@ -211,3 +211,43 @@ def test_split_refuses_malformed_headers(hdr: tuple[int, ...]) -> None:
 def test_split_refuses_a_tcp_header_longer_than_the_packet() -> None:
     pkt, _, _ = super_packet(4, 6, b"")
     assert Segmenter().split(pkt, 0, 30, (NEEDS_CSUM, GSO_TCPV4, 52, 1368, 20, 16), 1420) == 0
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_headers_in_place_give_the_segments_of_split(case: tuple[int, int, int, int, int]) -> None:
+    """Taken in order, each header written over the end of the segment before, the
+    segments are byte for byte those of ``split``."""
+    if offload._numpy() is None:
+        pytest.skip("numpy not installed")
+    version, proto, size, gso_size, mtu = case
+    payload = random.Random(size + 2).randbytes(size)
+    pkt, ihl, thl = super_packet(version, proto, payload, flags=0x99)
+    gso = GSO_UDP_L4 if proto == 17 else GSO_TCPV4 if version == 4 else GSO_TCPV6
+    hdr = (NEEDS_CSUM, gso, ihl + thl, gso_size, ihl, 16)
+    ref = Segmenter()
+    rows = ref.split(pkt, 0, len(pkt), hdr, mtu)
+    buf = bytearray(10) + pkt + bytearray(gso_size)  # room to fill the last row
+    seg = Segmenter()
+    got = seg.headers_in_place(buf, 10, len(pkt), hdr, mtu)
+    if gso_size % 2 and mtu - ihl - thl > gso_size:  # an odd MSS: only split can
+        assert got == -1
+        return
+    assert got == rows and seg.lengths == ref.lengths
+    h = seg.hlen
+    for k in range(rows):
+        p = 10 + k * seg.mss
+        buf[p : p + h] = seg.headers[k * h : (k + 1) * h]
+        n = seg.lengths[k]
+        assert bytes(buf[p : p + n]) == bytes(ref.view[k * ref.stride :][:n]), f"segment {k}"
+
+
+def test_headers_in_place_refuse_an_odd_payload_offset() -> None:
+    if offload._numpy() is None:
+        pytest.skip("numpy not installed")
+    pkt, ihl, thl = super_packet(4, 6, bytes(5000))
+    buf = bytearray(1) + pkt
+    hdr = (NEEDS_CSUM, GSO_TCPV4, ihl + thl, 1368, ihl, 16)
+    assert Segmenter().headers_in_place(buf, 1, len(pkt), hdr, 1420) == -1
+    assert Segmenter(vectorised=False).headers_in_place(pkt, 0, len(pkt), hdr, 1420) == -1
+    no_room = pkt + bytes(10)  # the last row, filled up, would not fit in the buffer
+    assert Segmenter().headers_in_place(no_room, 0, len(pkt), hdr, 1420) == -1

@@ -35,11 +35,17 @@ import importlib
 import struct
 from typing import Any, NamedTuple
 
-_np: Any
-try:
-    _np = importlib.import_module("numpy")
-except ImportError:  # pragma: no cover - numpy is a dependency; this keeps tun/ usable without
-    _np = None
+_np: Any = None  # numpy, imported by the first vectorised Segmenter (16 MB resident)
+
+
+def _numpy() -> Any:
+    global _np  # noqa: PLW0603 - a module imported once, on first use
+    if _np is None:
+        try:
+            _np = importlib.import_module("numpy")
+        except ImportError:  # numpy is a dependency; this keeps tun/ usable without it
+            _np = False
+    return _np or None
 
 VNET_HDR = struct.Struct("=BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, offset
 NEEDS_CSUM = 1
@@ -110,7 +116,9 @@ class Segmenter:
         self.view = memoryview(self.buf)
         self.stride = 0
         self.lengths: list[int] = []
-        self.vectorised = vectorised and _np is not None
+        self.headers = b""  # of headers_in_place: hlen bytes per segment
+        self.hlen = self.mss = 0
+        self.vectorised = vectorised and _numpy() is not None
         self.split_packets = 0  # super-packets split
         self.segments = 0  # segments they gave
 
@@ -118,57 +126,91 @@ class Segmenter:
         """Split the super-packet ``src[start:start+length]`` whose ``virtio_net_hdr`` fields
         are ``hdr`` (as :data:`VNET_HDR` unpacks them) into segments of at most ``mtu`` bytes.
         Returns their number; 0 for a packet that cannot be split (malformed: drop it)."""
-        _flags, gso_type, _hlen, gso_size, cs, _co = hdr
-        gso = gso_type & ~GSO_ECN
-        if length < 20 or cs & 1 or gso_size == 0:
+        lay = layout(src, start, length, hdr, mtu)
+        if lay is None:
             return 0
-        version = src[start] >> 4
-        if gso in (GSO_TCPV4, GSO_TCPV6):
-            if version != (4 if gso == GSO_TCPV4 else 6):
-                return 0
-            if cs + 20 > length:
-                return 0
-            thl = int(src[start + cs + 12] >> 4) * 4
-            if thl < 20:
-                return 0
-            hlen, proto, check_at = cs + thl, 6, cs + 16
-        elif gso == GSO_UDP_L4 and version in (4, 6):
-            hlen, proto, check_at = cs + 8, 17, cs + 6
-        else:
-            return 0
-        if version == 4:
-            if cs != (src[start] & 0x0F) * 4 or cs < 20:
-                return 0
-        elif cs < 40:
-            return 0
-        payload = length - hlen
-        mss = gso_size if hlen + gso_size <= mtu else mtu - hlen
-        if payload <= 0 or mss <= 0:
-            return 0
-        rows = (payload + mss - 1) // mss
-        if rows > MAX_ROWS:
-            return 0
-        stride = (hlen + mss + 15) & ~15
+        rows, stride = lay.rows, lay.stride
         need = rows * stride
         if need > len(self.buf):
             self.buf = bytearray(need)
             self.view = memoryview(self.buf)
-        if version == 4:
-            ip_id = (src[start + 4] << 8) | src[start + 5]
-            addr_sum = ones_sum(memoryview(src)[start + 12 : start + 20])
-        else:
-            ip_id = 0
-            addr_sum = ones_sum(memoryview(src)[start + 8 : start + 40])
+        ip_id, pseudo = _ip_fields(src, start, lay)
         cut = self._cut_numpy if self.vectorised else self._cut_python
-        self.lengths = cut(
-            src,
-            start,
-            length,
-            _Layout(version, proto, cs, hlen, check_at, mss, rows, stride),
-            ip_id=ip_id,
-            pseudo=addr_sum + proto - cs,  # plus each segment's length
-        )
+        self.lengths = cut(src, start, length, lay, ip_id=ip_id, pseudo=pseudo)
         self.stride = stride
+        self.split_packets += 1
+        self.segments += rows
+        return rows
+
+    def headers_in_place(
+        self, src: bytearray, start: int, length: int, hdr: tuple[int, ...], mtu: int
+    ) -> int:
+        """Like :meth:`split`, without copying the payload: segment ``k`` is to be sealed
+        at ``src[start + k * mss:]``, ``lengths[k]`` bytes, once its header (``headers[k *
+        hlen:][:hlen]``) is written there, over the end of the segment before it. So the
+        segments must be taken in order, each used before the next header is written; and a
+        segment padded in place must have its padding undone before the next is taken.
+        Checksums are computed here, from the payload as read. Returns the number of
+        segments, 0 for a malformed packet, -1 when only :meth:`split` can do it (no numpy,
+        or the payload does not start on an even offset: an odd MSS)."""
+        if not self.vectorised:
+            return -1
+        lay = layout(src, start, length, hdr, mtu)
+        if lay is None:
+            return 0
+        version, proto, cs, hlen, check_at, mss, rows, _stride = lay
+        p0 = start + hlen
+        if p0 & 1 or mss & 1:
+            return -1
+        np = _np
+        last = rows - 1
+        last_len = length - hlen - last * mss
+        end = p0 + rows * mss  # the payload as whole rows: the last one filled with zeros
+        if end > len(src):
+            return -1
+        src[start + length : end] = _ZEROS[: end - start - length]
+        words = np.frombuffer(src, dtype="<u2", count=end // 2)
+        pay = words[p0 // 2 :].reshape(rows, mss // 2).sum(axis=1, dtype=np.uint32)
+        pay = pay.astype(np.int64)  # (summing into 64 bits directly is twice as slow)
+        ip_id, pseudo = _ip_fields(src, start, lay)
+        h = np.empty((rows, hlen), dtype=np.uint8)
+        h[:] = np.frombuffer(src, dtype=np.uint8, count=hlen, offset=start)
+        h16 = h.view(">u2")
+        lens = np.full(rows, hlen + mss, dtype=np.int64)
+        lens[last] = hlen + last_len
+        k = np.arange(rows, dtype=np.int64)
+        if version == 4:
+            head = bytearray(src[start : start + cs])
+            head[2:6] = bytes(4)
+            head[10:12] = bytes(2)
+            ids = (ip_id + k) & 0xFFFF
+            h16[:, 1] = lens
+            h16[:, 2] = ids
+            h16[:, 5] = 0xFFFF - _mod_fold(ones_sum(head) + lens + ids)
+        else:
+            h16[:, 2] = lens - 40
+        if proto == 6:
+            seqs = (_U32.unpack_from(src, start + cs + 4)[0] + k * mss) & 0xFFFFFFFF
+            h16[:, (cs + 4) // 2] = seqs >> 16
+            h16[:, (cs + 6) // 2] = seqs & 0xFFFF
+            f = src[start + cs + 13]
+            h[:, cs + 13] = f & ~(_FIN | _PSH | _CWR)
+            h[0, cs + 13] = f & ~(_FIN | _PSH) if last else f
+            if last:
+                h[last, cs + 13] = f & ~_CWR
+        else:
+            h16[:, (cs + 4) // 2] = lens - cs
+        h16[:, check_at // 2] = 0
+        x = _mod_fold(pay)
+        x = ((x & 0xFF) << 8) | (x >> 8)  # little-endian words: the byte-swapped sum
+        x += h16[:, cs // 2 :].sum(axis=1, dtype=np.int64)
+        check = 0xFFFF - _mod_fold(x + pseudo + lens)
+        if proto == 17:
+            check[check == 0] = 0xFFFF
+        h16[:, check_at // 2] = check
+        self.headers = h.tobytes()
+        self.hlen, self.mss = hlen, mss
+        self.lengths = lens.tolist()
         self.split_packets += 1
         self.segments += rows
         return rows
@@ -283,6 +325,49 @@ class Segmenter:
         return out
 
 
+def layout(src: Any, start: int, length: int, hdr: tuple[int, ...], mtu: int) -> _Layout | None:
+    """How the super-packet ``src[start:start+length]`` with ``virtio_net_hdr`` fields
+    ``hdr`` is cut (segments no longer than ``mtu``); None if it cannot be (malformed)."""
+    _flags, gso_type, _hlen, gso_size, cs, _co = hdr
+    gso = gso_type & ~GSO_ECN
+    if length < 20 or cs & 1 or gso_size == 0:
+        return None
+    version = src[start] >> 4
+    if gso in (GSO_TCPV4, GSO_TCPV6):
+        if version != (4 if gso == GSO_TCPV4 else 6) or cs + 20 > length:
+            return None
+        thl = int(src[start + cs + 12] >> 4) * 4
+        if thl < 20:
+            return None
+        hlen, proto, check_at = cs + thl, 6, cs + 16
+    elif gso == GSO_UDP_L4 and version in (4, 6):
+        hlen, proto, check_at = cs + 8, 17, cs + 6
+    else:
+        return None
+    if (cs != (src[start] & 0x0F) * 4 or cs < 20) if version == 4 else cs < 40:
+        return None
+    payload = length - hlen
+    mss = gso_size if hlen + gso_size <= mtu else mtu - hlen
+    if payload <= 0 or mss <= 0:
+        return None
+    rows = (payload + mss - 1) // mss
+    if rows > MAX_ROWS:
+        return None
+    return _Layout(version, proto, cs, hlen, check_at, mss, rows, (hlen + mss + 15) & ~15)
+
+
+def _ip_fields(src: Any, start: int, lay: _Layout) -> tuple[int, int]:
+    """The first IPv4 ID (0 for IPv6) and the pseudo-header sum without the length (and
+    less ``cs``, so that adding a segment's IP length gives its transport length)."""
+    if lay.version == 4:
+        ip_id = (src[start + 4] << 8) | src[start + 5]
+        addr_sum = ones_sum(memoryview(src)[start + 12 : start + 20])
+    else:
+        ip_id = 0
+        addr_sum = ones_sum(memoryview(src)[start + 8 : start + 40])
+    return ip_id, addr_sum + lay.proto - lay.cs
+
+
 class _Layout(NamedTuple):
     version: int
     proto: int
@@ -299,6 +384,12 @@ def _fold(x: Any) -> Any:
     x = (x & 0xFFFF) + (x >> 16)
     x = (x & 0xFFFF) + (x >> 16)
     return (x & 0xFFFF) + (x >> 16)
+
+
+def _mod_fold(x: Any) -> Any:
+    """``fold`` for numpy arrays of positive sums (0 becomes 0xFFFF: the same in ones'
+    complement, and only ever added to more)."""
+    return (x - 1) % 0xFFFF + 1
 
 
 def _put16(g: Any, col: int, values: Any) -> None:

@@ -97,7 +97,9 @@ _ARENA_LIMIT = ARENA - MAX_PACKET - HEADROOM - TAG - 16  # start a new arena pas
 _P = VNET_HDR_LEN
 _V4_SRC, _V4_DST = slice(_P + 12, _P + 16), slice(_P + 16, _P + 20)
 _V6_SRC, _V6_DST = slice(_P + 8, _P + 24), slice(_P + 24, _P + 40)
-PLAINTEXT = _P + MAX_PACKET + 16  # a packet, its padding and the header in front
+# a packet, its padding and the header in front; and room for tun.offload to fill up the
+# last segment of a super-packet split in place (at most an MSS more)
+PLAINTEXT = _P + 2 * MAX_PACKET + 16
 
 _HEADER = messages.TRANSPORT_HEADER
 _SEGMENT = struct.Struct("=H")
@@ -274,8 +276,13 @@ class FastPath:
         tso = self.tso
         # the packet being sealed is src[p:p+n]: the TUN read in pt, or a segment of it (tso)
         src, srcv, p, n = pt, ptv, _P, 0
-        rows = k = stride = 0  # segments of the latest read, the next one, their spacing
+        # segments of the latest read: how many, the next one, where they start and how far
+        # apart; in place (heads: their headers, hlen bytes each) or copied by tso.split
+        rows = k = base = step = hlen = 0
+        heads: bytes | None = None
         lengths: list[int] = []
+        restore = 0  # in place: the padding of the previous segment covers the next one's
+        saved = b""  # start, kept here
         # the peer of the previous packet, its keypair, seal and endpoint
         last_peer: Peer | None = None
         peer: Peer | None = None
@@ -293,7 +300,12 @@ class FastPath:
                 self._send_run()
                 off = 0
             if k < rows:  # the next segment of a split read: same flow, same peer
-                p, n = k * stride, lengths[k]
+                if restore:
+                    src[restore : restore + len(saved)] = saved
+                    restore = 0
+                p, n = base + k * step, lengths[k]
+                if heads is not None:
+                    src[p : p + hlen] = heads[k * hlen : (k + 1) * hlen]
                 k += 1
             else:
                 if budget <= 0:
@@ -311,35 +323,43 @@ class FastPath:
                 if n is None:  # FileIO's EAGAIN
                     break
                 src, srcv, p = pt, ptv, _P
+                offloaded = 0
                 if vnet:  # its virtio_net_hdr comes first
                     n -= vnet
-                    if pt[1] or pt[0] & NEEDS_CSUM:  # offloads (tun.offload)
-                        if tso is None:  # not asked for
-                            dev.drops["malformed_outbound"] += 1
-                            continue
-                        hdr = VNET_HDR.unpack_from(pt, 0)
-                        if pt[1]:
-                            rows = tso.split(pt, _P, n, hdr, mtu)
-                            if not rows:
-                                dev.drops["malformed_outbound"] += 1
-                                continue
-                            src, srcv, stride, lengths = tso.buf, tso.view, tso.stride, tso.lengths
-                            p, n, k = 0, lengths[0], 1
-                            budget -= rows - 1
-                        elif not complete_checksum(pt, _P, n, hdr[4], hdr[5]):
-                            dev.drops["malformed_outbound"] += 1
-                            continue
-                version = src[p] >> 4 if n else 0
+                    offloaded = pt[1] or pt[0] & NEEDS_CSUM  # offloads (tun.offload)
+                    if offloaded and tso is None:  # not asked for
+                        dev.drops["malformed_outbound"] += 1
+                        continue
+                version = pt[_P] >> 4 if n else 0
                 if version == 4 and n >= 20:
-                    peer = lookup(src[p + 16 : p + 20])
+                    peer = lookup(pt[_V4_DST])
                 elif version == 6 and n >= 40:
-                    peer = lookup(src[p + 24 : p + 40])
+                    peer = lookup(pt[_V6_DST])
                 else:
                     dev.drops["malformed_outbound"] += 1
                     continue
                 if peer is None:
                     dev.drops["no_route"] += 1
                     continue
+                if offloaded:
+                    assert tso is not None
+                    hdr = VNET_HDR.unpack_from(pt, 0)
+                    if pt[1]:
+                        rows = tso.headers_in_place(pt, _P, n, hdr, mtu)
+                        if rows > 0:
+                            base, step, heads, hlen = _P, tso.mss, tso.headers, tso.hlen
+                        else:
+                            rows = tso.split(pt, _P, n, hdr, mtu) if rows < 0 else 0
+                            src, srcv, base, step, heads = tso.buf, tso.view, 0, tso.stride, None
+                        if not rows:
+                            dev.drops["malformed_outbound"] += 1
+                            continue
+                        lengths, k = tso.lengths, 0
+                        budget -= rows - 1
+                        continue  # its first segment, at the top
+                    if not complete_checksum(pt, _P, n, hdr[4], hdr[5]):
+                        dev.drops["malformed_outbound"] += 1
+                        continue
             try:
                 if peer is not last_peer:
                     if count:
@@ -364,6 +384,8 @@ class FastPath:
                     pad = padding_size(n, mtu)
                 size = n + pad
                 if pad:
+                    if heads is not None and k < rows:  # the next segment starts here
+                        restore, saved = p + n, bytes(src[p + n : p + size])
                     src[p + n : p + size] = _ZEROS[:pad]
                 counter = kp.send_counter
                 kp.send_counter = counter + 1
