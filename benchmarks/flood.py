@@ -45,9 +45,9 @@ from benchmarks.workloads import RssSampler, Target, WorkloadError, iperf, iperf
 from noise import crypto, tai64n
 from noise.cookie import cookie_key, mac1_key
 from noise.handshake import Handshake, StaticKeys
-from wgpy import messages
 from wgpy import testbed as tb
-from wgpy.keys import parse_base64_key, to_base64
+from wgpy.core import messages
+from wgpy.core.keys import parse_base64_key, to_base64
 
 NS_PREFIX = "wgpyflood"
 VETH_F, VETH_FB = "192.168.242.1/24", "192.168.242.2/24"

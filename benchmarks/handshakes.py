@@ -32,9 +32,9 @@ from benchmarks.workloads import EXTRA_WORKLOADS, Target
 from noise import crypto, tai64n
 from noise.cookie import cookie_key, mac1_key
 from noise.handshake import Handshake, StaticKeys
-from wgpy import messages
 from wgpy import testbed as tb
-from wgpy.keys import parse_base64_key, to_base64
+from wgpy.core import messages
+from wgpy.core.keys import parse_base64_key, to_base64
 
 NOT_MEASURED = "not measured: no userspace responder (veth, kernel)"
 PEERS = 256  # 256 peers at 10k/s: each peer every 25.6 ms > the 20 ms flood limit

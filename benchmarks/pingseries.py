@@ -2,8 +2,8 @@
 
     sudo python3 -m benchmarks.pingseries --rounds 12 \\
         'wireguard-go=wireguard-go' \\
-        'wgpy=python3 -m wgpy.userspace' \\
-        'wgpy-no-hand-over=env WGPY_HAND_OVER=0 python3 -m wgpy.userspace'
+        'wgpy=python3 -m wgpy.tools.userspace' \\
+        'wgpy-no-hand-over=env WGPY_HAND_OVER=0 python3 -m wgpy.tools.userspace'
 
 Each round builds the pair testbed for every variant in turn (both ends the same
 implementation), waits for the handshake and pings B from A (default 300 pings 10 ms apart).
@@ -15,7 +15,7 @@ the device processes spent (``/proc/PID/task/*/schedstat``) while ping ran.
 
 This is the tool behind the A/B latency figures; ``benchmarks.run`` stays the full benchmark.
 To compare another checkout, give its variant ``env PYTHONPATH=/path/to/checkout python3 -m
-wgpy.userspace`` and run this from outside any checkout: ``python -m`` puts the current
+wgpy.tools.userspace`` and run this from outside any checkout: ``python -m`` puts the current
 directory ahead of PYTHONPATH, so from the repository both variants would run the same code.
 Needs root, ip, ping, wg and the implementations named.
 """

@@ -20,7 +20,7 @@ from pathlib import Path
 from benchmarks.workloads import Target, iperf, iperf_server
 from wgpy import testbed as tb
 
-WGPY = [sys.executable, "-m", "wgpy.userspace"]
+WGPY = [sys.executable, "-m", "wgpy.tools.userspace"]
 
 
 def summarize(raw: str, top: int) -> list[str]:

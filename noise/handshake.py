@@ -16,7 +16,7 @@ replay/flood bookkeeping only after every check has passed (wireguard-go
 ``noise-protocol.go``), so a rejected message never alters the peer's state.
 
 This module builds and opens the Noise payload fields only; the byte layouts, MAC1/MAC2 and
-indices are the caller's (``wgpy.messages``, ``noise.cookie``). Ephemeral keys and timestamps
+indices are the caller's (``wgpy.core.messages``, ``noise.cookie``). Ephemeral keys and timestamps
 are passed in, so that fixed vectors and simulations are deterministic. No clock is read: the
 flood check takes ``now``.
 """
@@ -146,7 +146,8 @@ class Handshake:
         self.local_index = 0
         self.remote_index = 0
 
-    def _static_static(self) -> bytes:
+    def static_static(self) -> bytes:
+        """DH(our static, the peer's static), precomputed; raises for a low-order point."""
         if self.precomputed_static_static is None:
             raise LowOrderPoint("no usable static-static secret for this peer")
         return self.precomputed_static_static
@@ -165,7 +166,7 @@ class Handshake:
 
         ``timestamp`` is the TAI64N label (see ``noise.tai64n.stamp``).
         """
-        ss = self._static_static()
+        ss = self.static_static()
         c = C0
         h = crypto.hash_(H0, self.remote_static)
         e_pub = crypto.public_key(ephemeral_private)
@@ -213,7 +214,7 @@ def consume_initiation(
     hs = lookup(remote_static)
     if hs is None:
         raise UnknownPeer("initiation from an unknown static key")
-    c, k = crypto.kdf2(c, hs._static_static())
+    c, k = crypto.kdf2(c, hs.static_static())
     timestamp = crypto.aead_open(k, 0, fields.encrypted_timestamp, h)
     h = crypto.hash_(h, fields.encrypted_timestamp)
 

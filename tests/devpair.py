@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from noise import crypto
-from wgpy.device import Device
+from wgpy.core.device import Device
+from wgpy.core.keypair import SessionSecrets
 from wgpy.harness import packets
-from wgpy.keypair import SessionSecrets
 
 ADDR_A, ADDR_B = ("192.0.2.1", 51820), ("192.0.2.2", 51821)
 TUN_A, TUN_B = "10.77.0.1", "10.77.0.2"

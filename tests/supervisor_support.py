@@ -1,6 +1,6 @@
 """Shared parts of the supervisor's end-to-end tests (embedded and Kubernetes mode, faults).
 
-* :class:`Scenario` — the seed topology (:mod:`wgpy.topology`) with ``wgpy supervisor
+* :class:`Scenario` — the seed topology (:mod:`wgpy.testbed.topology`) with ``wgpy supervisor
   --tunnels-file`` processes in nodes a and b sharing one lock file.
 * :class:`KubeScenario` — the same topology plus an ``api`` namespace running the strict fake
   API server (under ``deploy/rbac.yaml``); the supervisors run in Kubernetes mode against it,
@@ -32,7 +32,7 @@ import yaml
 from tests.fakeapi import KINDS, FakeApiServer, parse_field_selector, write_kubeconfig
 from tun.netlink import in_netns
 from wgpy.supervisor.locallock import read_sidecar
-from wgpy.topology import Topology, VpnTunnel, tunnels_yaml
+from wgpy.testbed.topology import Topology, VpnTunnel, tunnels_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 NS = "kube-system"
@@ -274,7 +274,7 @@ class KubeScenario(_Nodes):
                 "WGPY_CLOCK_OFFSET": str(offset), "PYTHONPATH": str(ROOT), **(env or {})}
         log = self._logfile(node)
         proc = self.topo.nodes[node].popen(
-            [sys.executable, "-m", "wgpy.cli", "supervisor", "--log-level", "debug", *args],
+            [sys.executable, "-m", "wgpy", "supervisor", "--log-level", "debug", *args],
             env=full, stdout=log, stderr=subprocess.STDOUT)
         self.procs[node] = proc
         return proc

@@ -26,7 +26,7 @@ needs_root = pytest.mark.skipif(
 )
 interop = [pytest.mark.interop, needs_root]
 
-WGPY = [sys.executable, "-m", "wgpy.userspace"]
+WGPY = [sys.executable, "-m", "wgpy.tools.userspace"]
 WIREGUARD_GO = ["wireguard-go"]
 IMPLS = {"wgpy": WGPY, "wireguard-go": WIREGUARD_GO}
 

@@ -1,4 +1,4 @@
-"""Tests for wgpy.allowedips: kernel selftest cases, ownership rules, and a brute-force model."""
+"""Tests for wgpy.core.allowedips: kernel selftests, ownership rules and a brute-force model."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wgpy.allowedips import AllowedIPs, Network
-from wgpy.errors import CapacityError, ConfigError
+from wgpy.core.allowedips import AllowedIPs, Network
+from wgpy.core.errors import CapacityError, ConfigError
 
 
 class Peer:

@@ -17,7 +17,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wgpy import allowedips_calc as calc
+from wgpy.tools import allowed_ips as calc
 
 ROOT = Path(__file__).resolve().parent.parent
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -258,19 +258,19 @@ def test_help_lists_the_private_ranges(capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_registered_in_the_wgpy_cli() -> None:
-    from wgpy import cli
+    from wgpy.tools import cli
 
     command = cli.find("allowed-ips")
-    assert command is not None, "allowed-ips is not registered in wgpy/cli.py"
+    assert command is not None, "allowed-ips is not registered in wgpy/tools/cli.py"
     assert command.load() is calc.main
     res = subprocess.run(
-        [sys.executable, "-m", "wgpy.cli", "allowed-ips", "-x", "10.0.0.0/8", "-f", "csv"],
+        [sys.executable, "-m", "wgpy", "allowed-ips", "-x", "10.0.0.0/8", "-f", "csv"],
         capture_output=True, text=True, cwd=ROOT, timeout=30, check=False,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert res.returncode == 0 and res.stdout.startswith("0.0.0.0/5, 8.0.0.0/7")
     bad = subprocess.run(
-        [sys.executable, "-m", "wgpy.cli", "allowed-ips", "-x", "300.0.0.0/8"],
+        [sys.executable, "-m", "wgpy", "allowed-ips", "-x", "300.0.0.0/8"],
         capture_output=True, text=True, cwd=ROOT, timeout=30, check=False,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )

@@ -15,12 +15,12 @@ import pytest
 
 from noise import crypto
 from noise.cookie import mac1_key
-from tests.pair import A_TUN, B_TUN, ipv4
+from tests.simlink import A_TUN, B_TUN, ipv4
 from tests.test_fastpath import LOCAL, Clock, Side, handshake, raw_receiver, recv_all, sides
-from wgpy import messages
-from wgpy.backlog import HandshakeBacklog
-from wgpy.constants import UNDER_LOAD_BACKLOG
-from wgpy.device import Device
+from wgpy.core import messages
+from wgpy.core.backlog import HandshakeBacklog
+from wgpy.core.constants import UNDER_LOAD_BACKLOG
+from wgpy.core.device import Device
 
 __all__ = ["sides"]  # the fixture, shared with test_fastpath
 

@@ -19,9 +19,9 @@ from benchmarks.profile import summarize
 from benchmarks.run import impl_version, parse_impl, plan_cases
 from benchmarks.workloads import WorkloadError, parse_iperf, parse_ping, parse_rate, percentile
 from noise import crypto
-from wgpy import messages
 from wgpy import testbed as tb
-from wgpy.device import Device
+from wgpy.core import messages
+from wgpy.core.device import Device
 
 REPO = Path(__file__).resolve().parent.parent
 TOOLS = ("ip", "nsenter", "setpriv", "wg", "ping", "iperf3", "ss", "wireguard-go")
@@ -147,9 +147,9 @@ def test_precomputed_initiations_are_accepted_by_a_responder() -> None:
 
 
 def test_cli_parsing_and_case_plan() -> None:
-    assert parse_impl("wgpy=python3 -m wgpy.userspace") == (
+    assert parse_impl("wgpy=python3 -m wgpy.tools.userspace") == (
         "wgpy",
-        ["python3", "-m", "wgpy.userspace"],
+        ["python3", "-m", "wgpy.tools.userspace"],
     )
     for bad in ("wgpy", "=x", "a/b=x", "wgpy="):
         with pytest.raises(Exception, match="NAME=ARGV"):
@@ -185,7 +185,7 @@ def test_quick_benchmark_wireguard_go(tmp_path: Path) -> None:
         "--only",
         "wireguard-go,kernel,wgpy",
         "--impl",
-        f"wgpy={sys.executable} -m wgpy.userspace",
+        f"wgpy={sys.executable} -m wgpy.tools.userspace",
         "--out",
         str(tmp_path),
         timeout=240,
@@ -280,7 +280,7 @@ def test_quick_ping_series_against_wireguard_go(tmp_path: Path) -> None:
         "--json",
         str(out),
         "wireguard-go=wireguard-go",
-        f"wgpy={sys.executable} -m wgpy.userspace",
+        f"wgpy={sys.executable} -m wgpy.tools.userspace",
         timeout=180,
     )
     assert res.returncode == 0, res.stderr

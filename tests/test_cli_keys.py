@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from wgpy import cli
+from wgpy.core.keys import decode_base64_key
+from wgpy.tools import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -20,7 +21,7 @@ needs_wg = pytest.mark.skipif(shutil.which("wg") is None, reason="needs the wg t
 
 def wgpy(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [sys.executable, "-m", "wgpy.cli", *args],
+        [sys.executable, "-m", "wgpy", *args],
         input=stdin,
         capture_output=True,
         env=ENV,
@@ -111,7 +112,7 @@ def test_world_accessible_warning(tmp_path: Path, mode: int, command: str) -> No
         out.chmod(mode)
         with out.open("wb") as f:
             argv = (
-                [sys.executable, "-m", "wgpy.cli", command] if tool == "wgpy" else ["wg", command]
+                [sys.executable, "-m", "wgpy", command] if tool == "wgpy" else ["wg", command]
             )
             r = subprocess.run(
                 argv, stdout=f, stderr=subprocess.PIPE, env=ENV, cwd=ROOT, check=True
@@ -124,9 +125,9 @@ def test_world_accessible_warning(tmp_path: Path, mode: int, command: str) -> No
 
 def test_genkey_does_not_import_heavy_modules() -> None:
     code = (
-        "import sys; from wgpy.cli import main; rc = main(['genkey']);"
+        "import sys; from wgpy.tools.cli import main; rc = main(['genkey']);"
         "heavy = [m for m in sys.modules if m.split('.')[0] in "
-        "('kubernetes', 'pyroute2', 'aiohttp', 'yaml', 'wgpy.quick', 'wgpy.show')];"
+        "('kubernetes', 'pyroute2', 'aiohttp', 'yaml', 'wgpy.tools.updown', 'wgpy.tools.show')];"
         "print(heavy); sys.exit(rc)"
     )
     r = subprocess.run(
@@ -156,5 +157,5 @@ def test_usage_and_unknown_command() -> None:
 def test_decode_key_matches_base64_on_canonical_keys() -> None:
     for _ in range(50):
         raw = os.urandom(32)
-        assert cli.decode_key(base64.b64encode(raw)) == raw
-    assert cli.decode_key(GOOD[:42] + b"l=") is None
+        assert decode_base64_key(base64.b64encode(raw)) == raw
+    assert decode_base64_key(GOOD[:42] + b"l=") is None

@@ -21,9 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from wgpy import show, uapi, uapi_client
-from wgpy.errors import UapiError
-from wgpy.keys import generate_preshared_key, generate_private_key, to_base64
+from wgpy.core import uapi
+from wgpy.core.errors import UapiError
+from wgpy.core.keys import generate_preshared_key, generate_private_key, to_base64
+from wgpy.io import uapi_client
+from wgpy.tools import show
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -113,7 +115,7 @@ def in_private_run(directory: Path, *argv: str) -> subprocess.CompletedProcess[s
 
 def wgpy_show(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "wgpy.cli", "show", *args],
+        [sys.executable, "-m", "wgpy", "show", *args],
         capture_output=True,
         text=True,
         env={**ENV, "WGPY_SOCKET_DIR": str(directory)},
@@ -242,7 +244,7 @@ def test_default_socket_dir_is_var_run_wireguard(server: CannedUapi) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root for unshare")
     server.add("wgsd", uapi.format_get(uapi.DeviceSnapshot(listen_port=4242)))
-    env_free = in_private_run(server.dir, sys.executable, "-m", "wgpy.cli", "show", "interfaces")
+    env_free = in_private_run(server.dir, sys.executable, "-m", "wgpy", "show", "interfaces")
     assert env_free.returncode == 0 and env_free.stdout == "wgsd\n"
     assert uapi_client.socket_dir() in {"/var/run/wireguard", os.environ.get("WGPY_SOCKET_DIR")}
 

@@ -1,6 +1,6 @@
 """``wgpy up`` / ``wgpy down`` inside network namespaces the tests create and remove.
 
-Each test runs ``ip netns exec NS python -m wgpy.cli ...`` with a unique namespace and a unique
+Each test runs ``ip netns exec NS python -m wgpy ...`` with a unique namespace and a unique
 interface name (``wgt`` + 6 hex digits), so parallel runs never collide, and removes both in
 ``finally``. The daemon is ``wgpy-userspace`` (UAPI sockets in a private temp directory) or, to
 check ``wgpy up`` on its own, ``wireguard-go`` (sockets in the shared /var/run/wireguard, under
@@ -29,7 +29,7 @@ import pytest
 
 from tun import netlink
 from wgpy import testbed as tb
-from wgpy.keys import generate_private_key, public_key, to_base64
+from wgpy.core.keys import generate_private_key, public_key, to_base64
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -42,7 +42,7 @@ pytestmark = pytest.mark.skipif(not IS_ROOT or shutil.which("ip") is None, reaso
 
 def _userspace_importable() -> bool:
     r = subprocess.run(
-        [sys.executable, "-c", "import wgpy.userspace"],
+        [sys.executable, "-c", "import wgpy.tools.userspace"],
         capture_output=True,
         env=BASE_ENV,
         cwd=ROOT,
@@ -140,7 +140,7 @@ def run_in(
 
 
 def wgpy(ns: str, env: Env, *args: str) -> subprocess.CompletedProcess[str]:
-    return run_in(ns, sys.executable, "-m", "wgpy.cli", *args, env=env.vars)
+    return run_in(ns, sys.executable, "-m", "wgpy", *args, env=env.vars)
 
 
 def ip_json(ns: str, *args: str) -> list[dict[str, Any]]:
@@ -311,7 +311,7 @@ def test_not_root(tmp_path: Path) -> None:
                 "--clear-groups",
                 sys.executable,
                 "-m",
-                "wgpy.cli",
+                "wgpy.tools.cli",
                 *args,
             ],
             capture_output=True,
@@ -343,7 +343,7 @@ def test_no_tun_device(env: Env, ns: str, ifname: str, tmp_path: Path) -> None:
         "sh",
         sys.executable,
         "-m",
-        "wgpy.cli",
+        "wgpy.tools.cli",
         "up",
         str(conf),
         env=env.vars,
@@ -500,38 +500,38 @@ def _answers(path: Path) -> bool:
 
 
 def test_config_path_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from wgpy import quick
+    from wgpy.tools import updown
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "wgx1.conf").write_text("")
-    assert quick.config_path("wgx1.conf") == ("wgx1.conf", "wgx1")
-    assert quick.config_path(str(tmp_path / "wgx1.conf")) == (str(tmp_path / "wgx1.conf"), "wgx1")
+    assert updown.config_path("wgx1.conf") == ("wgx1.conf", "wgx1")
+    assert updown.config_path(str(tmp_path / "wgx1.conf")) == (str(tmp_path / "wgx1.conf"), "wgx1")
     with pytest.raises(
-        quick.QuickError, match=re.escape("`/etc/wireguard/wgnothere.conf' does not exist")
+        updown.QuickError, match=re.escape("`/etc/wireguard/wgnothere.conf' does not exist")
     ):
-        quick.config_path("wgnothere")
-    assert quick.interface_name("/a/b/wg7.conf") == "wg7" == quick.interface_name("wg7")
-    with pytest.raises(quick.QuickError):
-        quick.interface_name("bad/name")
+        updown.config_path("wgnothere")
+    assert updown.interface_name("/a/b/wg7.conf") == "wg7" == updown.interface_name("wg7")
+    with pytest.raises(updown.QuickError):
+        updown.interface_name("bad/name")
 
 
 def test_route_plan_unit() -> None:
-    from wgpy import quick, wgquick
+    from wgpy.tools import quickconf, updown
 
-    cfg = wgquick.parse(
+    cfg = quickconf.parse(
         conf_text(
             private=generate_private_key(),
             peer_public=public_key(generate_private_key()),
             allowed="10.0.0.0/8, 10.1.0.0/16, fd00::/8, 10.1.0.0/16",
         )
     )
-    assert quick.plan_routes(cfg, quick.RT_TABLE_MAIN) == [
+    assert updown.plan_routes(cfg, updown.RT_TABLE_MAIN) == [
         ipaddress.ip_network("10.1.0.0/16"),  # most specific first, duplicates merged
         ipaddress.ip_network("10.0.0.0/8"),
         ipaddress.ip_network("fd00::/8"),
     ]
-    assert quick.plan_routes(cfg, None) == []
-    assert quick.route_table("off") is None and quick.route_table("main") == 254
-    assert quick.route_table("42") == 42
-    with pytest.raises(quick.QuickError):
-        quick.route_table("no-such-table-name")
+    assert updown.plan_routes(cfg, None) == []
+    assert updown.route_table("off") is None and updown.route_table("main") == 254
+    assert updown.route_table("42") == 42
+    with pytest.raises(updown.QuickError):
+        updown.route_table("no-such-table-name")

@@ -7,9 +7,9 @@ import errno
 import pytest
 
 from noise import crypto
-from wgpy import configure, uapi
-from wgpy.device import Device
-from wgpy.errors import UapiError
+from wgpy.core import configure, uapi
+from wgpy.core.device import Device
+from wgpy.core.errors import UapiError
 
 
 def _dev(**kw: int) -> Device:

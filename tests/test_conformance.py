@@ -15,7 +15,7 @@ from wgpy.harness.target import Target
 
 
 class _NoTarget(Target):
-    def _set(self, lines: list[str]) -> None:
+    def set_lines(self, lines: list[str]) -> None:
         raise AssertionError("not used")
 
 

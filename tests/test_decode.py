@@ -17,9 +17,9 @@ from wgpy.harness import ScriptedPeer, UdpTransport, packets
 from wgpy.harness.capture import read_udp
 from wgpy.harness.decode import Decoder, decode_file, main
 from wgpy.harness.keylog import KeyLogWriter, parse_keylog
-from wgpy.harness.netns import Address
 from wgpy.harness.pcap import PcapError, PcapWriter
 from wgpy.harness.target import NamespaceTarget
+from wgpy.harness.transport import Address
 from wgpy.testbed import wait_for
 
 UDP = packets.udp("10.0.0.1", "10.0.0.2", 1111, 51820, b"payload")

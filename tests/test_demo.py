@@ -16,7 +16,7 @@ from tests.support import needs_root
 from wgpy import testbed
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO = [sys.executable, "-m", "wgpy.cli", "demo"]
+DEMO = [sys.executable, "-m", "wgpy", "demo"]
 
 
 def _leftovers(pid: int) -> tuple[list[str], list[str]]:
@@ -99,7 +99,7 @@ def test_demo_sigterm_midway_removes_everything() -> None:
 def test_demo_refuses_without_root(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from wgpy import demo
+    from wgpy.testbed import demo
 
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert demo.main([]) == 1

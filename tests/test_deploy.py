@@ -170,7 +170,7 @@ def test_pod_network_namespace_and_sysctls() -> None:
 def test_metrics_listen_on_the_pod_ip_only() -> None:
     """Issue 15 point 7: /metrics on the pod IP, never on the VIP (a wildcard bind would
     answer anyone behind the VPN node)."""
-    from wgpy.supervisor.kube import KubeSettings
+    from wgpy.supervisor.kubemode import KubeSettings
 
     assert env()["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
     s = KubeSettings.from_env({"POD_IP": "10.244.1.5", "vip_nodename": "n"})

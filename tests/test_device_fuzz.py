@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.pair import Pair
+from tests.simlink import Pair
 
 
 def _established() -> tuple[Pair, list[bytes]]:
@@ -27,7 +27,7 @@ def _snapshot(p: Pair) -> tuple[object, ...]:
         p.pa.endpoint,
         p.pa.handshake.last_timestamp,
         p.pa.handshake.state,
-        dict(p.b.index_table),
+        dict(p.b.index_table.items()),
         p.pa.rx_bytes,
     )
 

@@ -296,7 +296,7 @@ def test_entrypoint_is_a_declared_console_script(dockerfile: Dockerfile) -> None
     argv = exec_form(entry[0])
     scripts = pyproject()["project"]["scripts"]
     assert argv[0] in scripts and argv[1:] == ["supervisor"]
-    assert scripts[argv[0]] == "wgpy.cli:main"
+    assert scripts[argv[0]] == "wgpy.tools.cli:main"
     assert not [i for i in final.instructions if i.keyword == "CMD"]  # args come from the pod
 
 
@@ -318,7 +318,7 @@ def test_copy_sources_exist_and_survive_dockerignore(dockerfile: Dockerfile) -> 
 
 def test_dockerignore_keeps_the_package_and_drops_the_rest() -> None:
     rules = load_dockerignore(ROOT / ".dockerignore")
-    for keep in ("pyproject.toml", "README.md", "wgpy/cli.py", "wgpy/py.typed",
+    for keep in ("pyproject.toml", "README.md", "wgpy/tools/cli.py", "wgpy/py.typed",
                  "wgpy/supervisor/config.py", "noise/__init__.py", "tun/__init__.py",
                  "requirements/runtime.lock"):
         assert not ignored(keep, rules), keep

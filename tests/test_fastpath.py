@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 
 from noise import crypto
-from tests.pair import A_TUN, B_TUN, ipv4
+from tests.simlink import A_TUN, B_TUN, ipv4
 from tun.memory import MemoryTun
-from wgpy import messages
-from wgpy.device import Device
+from wgpy.core import messages
+from wgpy.core.device import Device
+from wgpy.core.peer import Peer
 from wgpy.io.fastpath import BATCH, FastPath, enable_gro
 from wgpy.io.udp import UdpBind, set_buffers
-from wgpy.peer import Peer
 
 LOCAL = "127.0.0.1"
 

@@ -1,6 +1,7 @@
 """Faults in the cluster scenario (issue 6 item 6), each with the time to recover printed and
-bounded. Topology: :mod:`wgpy.topology` (wireguard-go VPN node, nodes a and b); Kubernetes mode
-against the fake API in its own namespace for the election faults, embedded mode otherwise.
+bounded. Topology: :mod:`wgpy.testbed.topology` (wireguard-go VPN node, nodes a and b);
+Kubernetes mode against the fake API in its own namespace for the election faults, embedded
+mode otherwise.
 
 Lease timings are short (3 s / 2 s / 0.5 s). Throughout, :class:`TunnelWatch` samples every
 50 ms which nodes have the tunnel's link and where the VPN node sends its traffic: two nodes
@@ -28,8 +29,8 @@ from tests.supervisor_support import (
     wait_for,
 )
 from tests.support import needs_root
-from wgpy.constants import KEEPALIVE_TIMEOUT, REKEY_TIMEOUT
-from wgpy.topology import client_ip
+from wgpy.core.constants import KEEPALIVE_TIMEOUT, REKEY_TIMEOUT
+from wgpy.testbed.topology import client_ip
 
 DURATION, RENEW, RETRY = LEASE
 pytestmark = [pytest.mark.interop, needs_root]

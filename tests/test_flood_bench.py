@@ -6,8 +6,8 @@ from __future__ import annotations
 from benchmarks import flood
 from noise import crypto
 from noise.cookie import CookieChecker
-from wgpy import messages
-from wgpy.device import Device
+from wgpy.core import messages
+from wgpy.core.device import Device
 
 
 def test_the_junk_has_a_valid_mac1_and_fails_the_handshake() -> None:

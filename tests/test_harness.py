@@ -11,11 +11,11 @@ import pytest
 
 from noise import crypto, tai64n
 from tests.support import needs_root
-from wgpy.device import Device
+from wgpy.core.device import Device
 from wgpy.harness import HarnessTimeout, ScriptedPeer, UdpTransport, packets
 from wgpy.harness.keylog import KeyLogWriter, parse_keylog
-from wgpy.harness.netns import Address
 from wgpy.harness.target import NamespaceTarget, Target
+from wgpy.harness.transport import Address
 
 DEV_ADDR: Address = ("192.0.2.1", 51820)
 PEER_ADDR: Address = ("192.0.2.2", 40000)

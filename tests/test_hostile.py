@@ -9,10 +9,11 @@ import socket
 import time
 
 from tests.support import WGPY, interop
-from wgpy import messages, uapi_client
+from wgpy.core import messages
 from wgpy.harness import ScriptedPeer, UdpTransport, packets
-from wgpy.harness.netns import udp_socket
 from wgpy.harness.target import NamespaceTarget, UapiTarget
+from wgpy.harness.transport import udp_socket
+from wgpy.io import uapi_client
 
 pytestmark = interop
 PEER_IP, TARGET_IP, PORT = "10.77.0.2", "10.77.0.1", 7000

@@ -15,7 +15,7 @@ from typing import Any
 from kubernetes.aio import client as _aclient
 
 from tests.fakeapi import FakeApiServer
-from wgpy.errors import ConfigError
+from wgpy.core.errors import ConfigError
 from wgpy.supervisor import metrics
 from wgpy.supervisor.config import parse_tunnels
 from wgpy.supervisor.events import EventRecorder, build_event, lease_ref, redact, secret_ref

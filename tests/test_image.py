@@ -92,7 +92,7 @@ k8s = purelib / "kubernetes"
 from kubernetes.aio import client
 used = ["ApiClient", "Configuration", "ApiException", "CoordinationV1Api", "CoreV1Api",
         "DiscoveryV1Api", "V1Lease"]
-import wgpy.cli, wgpy.supervisor.election, wgpy.supervisor.events, wgpy.supervisor.k8s
+import wgpy.tools.cli, wgpy.supervisor.election, wgpy.supervisor.events, wgpy.supervisor.secret
 import wgpy.supervisor.services
 missing = [n for n in used if getattr(client, n, None) is None]
 print(json.dumps({
@@ -347,7 +347,7 @@ def test_supervisor_leads_and_connects_under_the_daemonset(image: str, name: str
     reads the Secret, and its tunnel handshakes with wireguard-go; both probes answer 200."""
     from tests.fakeapi import write_kubeconfig
     from tests.supervisor_support import RbacFakeApi, deploy_rbac, secret
-    from wgpy.harness.netns import run_in_netns
+    from wgpy.testbed.netns import run_in_netns
 
     pod, container = daemonset_pod()
     namespace = "kube-system"

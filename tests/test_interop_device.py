@@ -11,7 +11,7 @@ import pytest
 
 from tests.support import IMPLS, interop, json_line, probe, tcp_transfer, wait_listening
 from wgpy import testbed as tb
-from wgpy import uapi_client
+from wgpy.io import uapi_client
 
 pytestmark = interop
 PAIRS = [("wgpy", "wireguard-go"), ("wireguard-go", "wgpy"), ("wgpy", "wgpy")]

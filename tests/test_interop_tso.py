@@ -17,7 +17,7 @@ import pytest
 
 from tests.support import IMPLS, interop, tcp_transfer, wait_listening
 from wgpy import testbed as tb
-from wgpy import uapi_client
+from wgpy.io import uapi_client
 
 pytestmark = interop
 

@@ -48,12 +48,12 @@ from tests.supervisor_support import (
 from tests.support import WGPY, WIREGUARD_GO, needs_root
 from tests.test_supervisor_k8s import StubForwarder, StubRuntime
 from tun.netlink import in_netns
-from wgpy.keys import generate_private_key, public_key, to_base64
-from wgpy.supervisor.kube import KubeSettings, run_kubernetes_mode
+from wgpy.core.keys import generate_private_key, public_key, to_base64
+from wgpy.supervisor.kubemode import KubeSettings, run_kubernetes_mode
 from wgpy.supervisor.main import JsonFormatter, TextFormatter
 from wgpy.supervisor.manager import Supervisor
 from wgpy.testbed import Namespace, PeerConf, WgInstance, make_pair
-from wgpy.topology import tunnels_yaml
+from wgpy.testbed.topology import tunnels_yaml
 
 
 def forms(raw: bytes) -> dict[str, bytes]:
@@ -330,7 +330,7 @@ def _uapi(path: str, request: str) -> bytes:
 @needs_root
 def test_userspace_device_and_cli_emit_no_key(tmp_path: Path) -> None:
     a = Audit()
-    keylog = tmp_path / "wgpy.keys"  # only wgpy reads WGPY_KEYLOG; wireguard-go ignores it
+    keylog = tmp_path / "wgpy.core.keys"  # only wgpy reads WGPY_KEYLOG; wireguard-go ignores it
     env = {"LOG_LEVEL": "debug", "PYTHONPATH": str(ROOT), "WGPY_KEYLOG": str(keylog)}
     priv_a, priv_b = generate_private_key(), generate_private_key()
     psk = generate_private_key()  # any 32 random bytes
@@ -359,7 +359,7 @@ def test_userspace_device_and_cli_emit_no_key(tmp_path: Path) -> None:
             f"get=1\nprivate_key={priv_a.hex()}\n\n",
         ):
             a.add(f"UAPI reply to {req.split(chr(10))[1].split('=')[0]}", _uapi(sock, req))
-        show = [*pair.wg_a._prefix(), sys.executable, "-m", "wgpy.cli", "show"]
+        show = [*pair.wg_a._prefix(), sys.executable, "-m", "wgpy", "show"]
         for extra in ([], ["all"], ["wg0"], ["all", "dump"], ["wg0", "preshared-keys"]):
             r = subprocess.run([*show, *extra], capture_output=True, env={**os.environ, **env},
                                timeout=30, check=False)
@@ -392,7 +392,7 @@ def test_userspace_device_and_cli_emit_no_key(tmp_path: Path) -> None:
             conf = tmp_path / f"wgx{i}.conf"
             conf.write_text(text)
             os.chmod(conf, 0o600)
-            up = ns.run([sys.executable, "-m", "wgpy.cli", "up", str(conf)], check=False,
+            up = ns.run([sys.executable, "-m", "wgpy", "up", str(conf)], check=False,
                         timeout=30)
             assert up.returncode != 0, text
             assert f"wgx{i}.conf" in up.stderr, up  # a real complaint about the file
@@ -404,7 +404,7 @@ def test_userspace_device_and_cli_emit_no_key(tmp_path: Path) -> None:
 
 _DEMO = """
 import sys
-import wgpy.topology as t
+import wgpy.testbed.topology as t
 keys = open(sys.argv[1], "a")
 orig = t.generate_private_key
 def record():
@@ -413,7 +413,7 @@ def record():
     keys.flush()
     return k
 t.generate_private_key = record
-from wgpy.demo import main
+from wgpy.testbed.demo import main
 sys.exit(main(sys.argv[2:]))
 """
 

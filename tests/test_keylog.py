@@ -17,11 +17,11 @@ import pytest
 
 from noise import crypto
 from tests.devpair import PAYLOAD, Conversation, converse
+from wgpy.core.keypair import SessionSecrets
 from wgpy.harness.decode import Decoder, Event, main
 from wgpy.harness.keylog import parse_keylog
 from wgpy.harness.pcap import Frame, PcapWriter, udp_in_frame
 from wgpy.io.keylog import KeyLogRefused, KeyLogWriter, device_sink, session_lines
-from wgpy.keypair import SessionSecrets
 
 PSK = b"\x42" * 32
 

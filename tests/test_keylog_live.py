@@ -22,9 +22,9 @@ from pathlib import Path
 
 from tests.support import WGPY, WIREGUARD_GO, interop
 from wgpy import testbed as tb
+from wgpy.core.keys import generate_private_key, public_key, to_base64
 from wgpy.harness.decode import Decoder, Event, decode_file
 from wgpy.harness.keylog import parse_keylog
-from wgpy.keys import generate_private_key, public_key, to_base64
 
 pytestmark = interop
 TSHARK, EDITCAP = shutil.which("tshark"), shutil.which("editcap")
@@ -150,7 +150,7 @@ def test_device_key_logs_decrypt_one_capture_in_both_tools(tmp_path: Path) -> No
     wireshark_only = "\n".join(
         ln for ln in logs["a"].read_text().splitlines() if not ln.startswith("TRANSPORT_KEY"))
     assert _found(decode_file(str(cap), Decoder([], parse_keylog(wireshark_only)))) == want
-    cli = [sys.executable, "-m", "wgpy.cli", "decode", "--keylog", str(logs["a"])]
+    cli = [sys.executable, "-m", "wgpy", "decode", "--keylog", str(logs["a"])]
     by_file = subprocess.run([*cli, str(cap)], capture_output=True, text=True, timeout=120,
                              check=True).stdout
     assert "session keys derived (with preshared key)" in by_file

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import base64
 import os
+import subprocess
+import sys
 
 import pytest
 
-from wgpy import cli
-from wgpy.errors import ConfigError
+from wgpy.core.errors import ConfigError
+from wgpy.core.keys import decode_base64_key, parse_base64_key
 from wgpy.harness import decode, keylog
-from wgpy.keys import decode_base64_key, parse_base64_key
 
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
@@ -43,17 +44,26 @@ def test_every_decoder_accepts_only_the_canonical_spelling(seed: int) -> None:
     raw = os.urandom(32)
     good, bad = spellings(raw)
     assert parse_base64_key(f"  {good}\n") == raw
-    assert cli.decode_key(good.encode()) == raw
-    assert decode._key(good) == raw
     log = keylog.parse_keylog(f"LOCAL_STATIC_PRIVATE_KEY = {good}\n")
     assert log.static_private == [raw]
     for b in bad:
         with pytest.raises(ConfigError):
             parse_base64_key(b)
-        assert cli.decode_key(b.encode()) is None
-        with pytest.raises(ValueError, match="base64"):
-            decode._key(b)
         assert keylog.parse_keylog(f"LOCAL_STATIC_PRIVATE_KEY = {b}\n").static_private == []
+
+
+def test_the_commands_use_the_strict_decoder(capsys: pytest.CaptureFixture[str]) -> None:
+    good, bad = spellings(os.urandom(32))
+    assert decode.main(["/nonexistent.pcap", "--key", bad[0]]) == 1
+    assert "--key: not a valid base64 WireGuard key" in capsys.readouterr().err
+    assert decode.main(["/nonexistent.pcap", "--key", good]) == 1  # the key passes, the file not
+    assert "No such file" in capsys.readouterr().err
+    for text, ok in ((good, True), (bad[1], False)):
+        r = subprocess.run(
+            [sys.executable, "-m", "wgpy", "pubkey"], input=text + "\n", capture_output=True,
+            text=True, check=False,
+        )
+        assert (r.returncode == 0) is ok, r.stderr
 
 
 @pytest.mark.parametrize(

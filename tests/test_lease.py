@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from wgpy.errors import ConfigError
+from wgpy.core.errors import ConfigError
 from wgpy.supervisor.lease import (
     Action,
     ElectionConfig,

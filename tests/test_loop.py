@@ -56,7 +56,7 @@ def test_poller_unregisters_open_closed_and_unknown_sockets() -> None:
 def test_the_fast_paths_refusals_reach_the_stats_counters() -> None:
     """``stats`` reports what the OS refused on either path; the fast path counts its own."""
     from tun.memory import MemoryTun
-    from wgpy.device import Device
+    from wgpy.core.device import Device
     from wgpy.io.loop import DeviceRunner
 
     runner = DeviceRunner(Device(wall_time_ns=lambda: 0), MemoryTun("ctr0"), fast_path=True)
@@ -82,7 +82,7 @@ def test_an_exception_escaping_the_fast_path_switches_it_off() -> None:
     import time
 
     from tun.memory import MemoryTun
-    from wgpy.device import Device
+    from wgpy.core.device import Device
     from wgpy.io.loop import DeviceRunner
 
     runner = DeviceRunner(Device(wall_time_ns=lambda: 0), MemoryTun("off0"), fast_path=True)
@@ -124,7 +124,7 @@ def test_an_exception_escaping_the_fast_path_switches_it_off() -> None:
 def test_padding_follows_the_live_tun_mtu() -> None:
     """wireguard-go pads to the TUN's current MTU; ``ip link set mtu`` changes it at any time
     (issue 16). A 1290-byte packet pads to 1296 at MTU 1420 and to 1292 at MTU 1292."""
-    from tests.pair import A_TUN, B_TUN, Pair, ipv4
+    from tests.simlink import A_TUN, B_TUN, Pair, ipv4
     from tun.memory import MemoryTun
     from wgpy.io.loop import DeviceRunner
 

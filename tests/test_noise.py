@@ -31,7 +31,7 @@ from noise.handshake import (
     create_response,
     derive_keys,
 )
-from wgpy import messages
+from wgpy.core import messages
 
 V = json.loads((Path(__file__).parent / "vectors" / "wg_test_vectors.json").read_text())
 IN = {k: (bytes.fromhex(v) if isinstance(v, str) else v) for k, v in V["inputs"].items()}

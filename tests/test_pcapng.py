@@ -230,7 +230,7 @@ def test_resolutions_offsets_skipped_blocks_and_truncation() -> None:
 def test_stdin(tmp_path: Path) -> None:
     for name in ("merged.pcapng", "raw.pcap"):
         with open(FIX / name, "rb") as f:
-            r = subprocess.run([sys.executable, "-m", "wgpy.cli", "decode", "-", "--keylog", KEYS],
+            r = subprocess.run([sys.executable, "-m", "wgpy", "decode", "-", "--keylog", KEYS],
                                stdin=f, capture_output=True, text=True, timeout=60, check=False)
         assert r.returncode == 0, r.stderr
         assert r.stdout == EXPECTED

@@ -1,4 +1,4 @@
-"""Tests for wgpy.ratelimiter with a float clock (no sleeping)."""
+"""Tests for wgpy.core.ratelimiter with a float clock (no sleeping)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from wgpy.ratelimiter import PACKETS_BURSTABLE, PACKETS_PER_SECOND, RateLimiter
+from wgpy.core.ratelimiter import PACKETS_BURSTABLE, PACKETS_PER_SECOND, RateLimiter
 
 COST = 1.0 / PACKETS_PER_SECOND  # 50 ms
 

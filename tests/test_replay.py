@@ -1,4 +1,4 @@
-"""Tests for wgpy.replay: upstream selftests, bulk edges, and model-based property tests."""
+"""Tests for wgpy.core.replay: upstream selftests, bulk edges, and model-based property tests."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wgpy.constants import REJECT_AFTER_MESSAGES
-from wgpy.replay import WINDOW, ReplayFilter
+from wgpy.core.constants import REJECT_AFTER_MESSAGES
+from wgpy.core.replay import WINDOW, ReplayFilter
 
 R = REJECT_AFTER_MESSAGES
 T = WINDOW + 1

@@ -44,7 +44,7 @@ from tests.supervisor_support import (
     wait_for,
 )
 from tun.netlink import in_netns
-from wgpy.topology import VPN_IP, Topology
+from wgpy.testbed.topology import VPN_IP, Topology
 
 pytestmark = [
     pytest.mark.interop,
@@ -169,7 +169,7 @@ class Seed:
                "PYTHONPATH": str(ROOT)}
         log = self.logs.setdefault(node, (self.tmp / f"{node}.log").open("a+"))
         self.procs[node] = self.topo.nodes[node].popen(
-            [sys.executable, "-m", "wgpy.cli", "supervisor", "--log-level", "debug"],
+            [sys.executable, "-m", "wgpy", "supervisor", "--log-level", "debug"],
             env=env, stdout=log, stderr=log)
 
     def lease(self) -> tuple[str, int]:

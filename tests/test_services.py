@@ -340,7 +340,7 @@ def test_controller_status_write_refused_by_rbac_is_survived() -> None:
 
 def test_kube_vip_address_variable_is_read_as_the_control_plane_vip() -> None:
     """Issue 15 point 6: kube-vip reads ``address`` (and the older ``vip_address``)."""
-    from wgpy.supervisor.kube import KubeSettings
+    from wgpy.supervisor.kubemode import KubeSettings
 
     assert KubeSettings.from_env({"address": "10.200.0.1"}).vip_address == "10.200.0.1"
     assert KubeSettings.from_env({"vip_address": "10.200.0.2", "address": "x"}).vip_address \

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.pair import A_TUN, B_TUN, Link, Pair, ipv4
-from wgpy import constants as C
+from tests.simlink import A_TUN, B_TUN, Link, Pair, ipv4
+from wgpy.core import constants as C
 
 
 @pytest.mark.parametrize("seed", [1, 2])

@@ -15,7 +15,7 @@ import pytest
 
 from tests.support import IMPLS, interop, tcp_transfer
 from wgpy import testbed as tb
-from wgpy import uapi_client
+from wgpy.io import uapi_client
 
 pytestmark = [*interop, pytest.mark.smoke]
 NBYTES = 1 << 20

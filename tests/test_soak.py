@@ -26,7 +26,7 @@ import pytest
 
 from tests.support import WGPY, WIREGUARD_GO, needs_root
 from tun.netlink import in_netns
-from wgpy.constants import REKEY_AFTER_TIME
+from wgpy.core.constants import REKEY_AFTER_TIME
 from wgpy.testbed import make_pair
 from wgpy.testbed.proc import cpu_seconds, rss_kib
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from wgpy.errors import ConfigError
-from wgpy.keys import generate_private_key, public_key, to_base64
+from wgpy.core.errors import ConfigError
+from wgpy.core.keys import generate_private_key, public_key, to_base64
 from wgpy.supervisor.config import (
     Forward,
     Tunnel,

@@ -26,10 +26,10 @@ from tests.supervisor_support import (
     wait_for,
 )
 from tests.support import needs_root
-from wgpy.errors import ConfigError
+from wgpy.core.errors import ConfigError
 from wgpy.supervisor import main as sup_main
 from wgpy.supervisor.locallock import read_sidecar
-from wgpy.topology import CLIENT_NETS, client_ip, tunnels_yaml
+from wgpy.testbed.topology import CLIENT_NETS, client_ip, tunnels_yaml
 
 
 @pytest.fixture

@@ -39,11 +39,11 @@ from tests.test_supervisor_k8s import StubForwarder, StubRuntime
 from wgpy.supervisor import main as sup_main
 from wgpy.supervisor import metrics
 from wgpy.supervisor.http import HttpServer
-from wgpy.supervisor.kube import KubeSettings, run_kubernetes_mode
+from wgpy.supervisor.kubemode import KubeSettings, run_kubernetes_mode
 from wgpy.supervisor.manager import FLOOR_ANNOTATION, Supervisor, parse_floor
 from wgpy.supervisor.model import ForwardStats, SupervisorStatus, TunnelStatus
 from wgpy.supervisor.pinroute import covers
-from wgpy.topology import CLIENT_NETS, VPN_IP, tunnels_yaml
+from wgpy.testbed.topology import CLIENT_NETS, VPN_IP, tunnels_yaml
 
 KEY = "YAZz1bqVoCv2ko9Phlp+EzYKYxyGlqMixBPOSTMhhEA="
 PUB = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="

@@ -29,7 +29,7 @@ from noise import tai64n
 from tests.fakeapi import FakeApiServer
 from tests.supervisor_support import RbacFakeApi, deploy_rbac, lb_service, secret, slice_
 from tests.support import needs_root
-from wgpy.supervisor.kube import KubeSettings, run_kubernetes_mode
+from wgpy.supervisor.kubemode import KubeSettings, run_kubernetes_mode
 from wgpy.supervisor.manager import Supervisor
 from wgpy.supervisor.model import ForwardStats, Target, TunnelStatus
 
@@ -243,7 +243,7 @@ def test_settings_from_env_kube_vip_names() -> None:
     s2 = KubeSettings.from_env({"vip_nodename": "n1", "POD_NAMESPACE": "wg",
                                 "cp_namespace": "kube-system"})
     assert s2.cp_namespace == "kube-system" and s2.lease_namespace == "wg"
-    from wgpy.errors import ConfigError
+    from wgpy.core.errors import ConfigError
     with pytest.raises(ConfigError, match="cp_enable"):
         KubeSettings.from_env({"cp_enable": "yes"})
     assert re.match(r"^[a-z0-9.-]+$", KubeSettings.from_env({}).identity)
@@ -450,7 +450,7 @@ def test_end_to_end_failover_secret_edits_clock_behind(tmp_path: Path) -> None:
             log = (tmp_path / f"node-{n}.log").open("ab")
             stack.callback(log.close)
             nodes[n] = node_ns[n].popen(
-                [sys.executable, "-m", "wgpy.cli", "supervisor", "--http-port", "2112"],
+                [sys.executable, "-m", "wgpy", "supervisor", "--http-port", "2112"],
                 env=env, stdout=log, stderr=subprocess.STDOUT)
 
         def holder() -> str:

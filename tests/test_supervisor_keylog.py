@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 
 from tests.test_manager import tunnel
-from wgpy.errors import ConfigError
-from wgpy.keys import generate_private_key, public_key, to_base64
+from wgpy.core.errors import ConfigError
+from wgpy.core.keys import generate_private_key, public_key, to_base64
 from wgpy.supervisor.main import build_parser, resolve
 from wgpy.supervisor.manager import Supervisor
 from wgpy.supervisor.tunnel import TunnelError, TunnelRuntime
-from wgpy.topology import tunnels_yaml
+from wgpy.testbed.topology import tunnels_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,7 +76,7 @@ def test_the_command_refuses_an_unsafe_key_log_at_start(tmp_path: Path) -> None:
     readable.write_text("")
     os.chmod(readable, 0o644)
     r = subprocess.run(
-        [sys.executable, "-m", "wgpy.cli", "supervisor", "--tunnels-file", str(conf),
+        [sys.executable, "-m", "wgpy", "supervisor", "--tunnels-file", str(conf),
          "--lock-file", str(tmp_path / "lock"), "--keylog", f"wg0={readable}"],
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
         env={**os.environ, "PYTHONPATH": str(ROOT)},

@@ -80,7 +80,7 @@ def test_build_conf_and_redaction() -> None:
         "PersistentKeepalive = 25",
     ]
     assert KEY not in repr(tb.PeerConf(KEY2, preshared_key=KEY))
-    assert tb.redact(f"bad line: PrivateKey = {KEY}") == "bad line: PrivateKey = (key)"
+    assert tb.redact(f"bad line: PrivateKey = {KEY}") == "bad line: PrivateKey = (hidden)"
 
 
 def test_wg_instance_rejects_string_impl() -> None:
@@ -275,7 +275,7 @@ def test_run_in_netns_leaves_the_callers_namespace_alone(fails: bool) -> None:
     import socket
     import threading
 
-    from wgpy.harness.netns import run_in_netns
+    from wgpy.testbed.netns import run_in_netns
 
     own = os.readlink("/proc/thread-self/ns/net")
     caller = f"/proc/self/task/{threading.get_native_id()}/ns/net"

@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
-from tests.pair import A_TUN, B_TUN, Pair, ipv4
-from wgpy import constants as C
-from wgpy import messages
+from tests.simlink import A_TUN, B_TUN, Pair, ipv4
+from wgpy.core import constants as C
+from wgpy.core import messages
 
 
 def initiations(sent: list[bytes]) -> int:

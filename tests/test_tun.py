@@ -501,7 +501,7 @@ def test_fast_path_drops_tun_reads_that_claim_offloads(netns: str) -> None:
 
     from tun import netlink
     from tun.linux import LinuxTun
-    from wgpy.device import Device
+    from wgpy.core.device import Device
     from wgpy.io.fastpath import FastPath
     from wgpy.io.udp import UdpBind
 

@@ -21,12 +21,12 @@ import pytest
 from pyroute2 import IPRoute
 
 from tun import netlink
-from wgpy.harness.netns import run_in_netns
-from wgpy.keys import generate_private_key, public_key
+from wgpy.core.keys import generate_private_key, public_key
 from wgpy.supervisor import srcroute, tunnel
 from wgpy.supervisor.config import Tunnel
 from wgpy.supervisor.tunnel import TunnelError, TunnelRuntime
 from wgpy.testbed import Namespace
+from wgpy.testbed.netns import run_in_netns
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, TUN)")
 

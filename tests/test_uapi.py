@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wgpy import uapi
-from wgpy.errors import UapiError
-from wgpy.uapi import (
+from wgpy.core import uapi
+from wgpy.core.errors import UapiError
+from wgpy.core.uapi import (
     MAX_REQUEST_SIZE,
     REMOVE_KEY,
     ZERO_KEY,

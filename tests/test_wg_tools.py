@@ -15,8 +15,8 @@ import pytest
 
 from tests.support import WGPY, interop
 from wgpy import testbed as tb
-from wgpy import wgquick
-from wgpy.keys import parse_base64_key
+from wgpy.core.keys import parse_base64_key
+from wgpy.tools import quickconf
 
 pytestmark = interop
 
@@ -84,7 +84,7 @@ def test_wg_set_and_show_every_field(dev: tb.WgInstance, tmp_path: Path) -> None
     assert "private key: (hidden)" in pretty and priv not in pretty and psk not in pretty
     assert "listening port: 51999" in pretty
     # showconf round-trips through the wg-quick parser
-    conf = wgquick.parse(dev.wg("showconf", "wg0").stdout)
+    conf = quickconf.parse(dev.wg("showconf", "wg0").stdout)
     assert conf.private_key == parse_base64_key(priv)
     assert conf.listen_port == 51999
     got = {p.public_key: p for p in conf.peers}

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from wgpy.errors import ConfigError
-from wgpy.uapi import RawRequest, RequestReader, format_set, parse_set
-from wgpy.wgquick import (
+from wgpy.core.errors import ConfigError
+from wgpy.core.uapi import RawRequest, RequestReader, format_set, parse_set
+from wgpy.tools.quickconf import (
     PeerConfig,
     WgQuickConfig,
     parse,

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from wgpy.errors import WgpyError
-
 # Linux IFNAMSIZ is 16 including the terminating NUL.
 IFNAMSIZ = 16
+# WireGuard's default link MTU (1500 minus the 80 bytes of IPv6, UDP and WireGuard headers)
+DEFAULT_MTU = 1420
 # With IFF_VNET_HDR every TUN read and write starts with a struct virtio_net_hdr (the kernel's
 # default size); a zeroed one means "a plain packet, checksums complete".
 VNET_HDR_LEN = 10
 ZERO_VNET_HDR = bytes(VNET_HDR_LEN)
 
 
-class TunError(WgpyError):
-    """A TUN device or a link could not be created, opened or configured."""
+class TunError(Exception):
+    """A TUN device or a link could not be created, opened or configured.
+
+    Its own root: ``tun`` is a layer below wgpy and imports nothing from it.
+    """
 
 
 @runtime_checkable

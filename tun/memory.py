@@ -14,7 +14,7 @@ import threading
 from collections import deque
 from collections.abc import Iterable
 
-from wgpy.constants import DEFAULT_MTU
+from tun.base import DEFAULT_MTU
 
 
 class MemoryTun:

@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 
 from noise.crypto import TransportCipher
-from tests.pair import A_TUN, B_TUN, Pair, ipv4
+from tests.simlink import A_TUN, B_TUN, Pair, ipv4
 from tun.memory import MemoryTun
-from wgpy.allowedips import AllowedIPs
+from wgpy.core.allowedips import AllowedIPs
+from wgpy.core.replay import ReplayFilter
 from wgpy.io.fastpath import FastPath
 from wgpy.io.udp import UdpBind, set_buffers
-from wgpy.replay import ReplayFilter
 
 BATCH = 64
 PACKET = ipv4(A_TUN, B_TUN, bytes(1400))

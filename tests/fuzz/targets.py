@@ -16,10 +16,11 @@ import atheris
 
 with atheris.instrument_imports(include=["noise", "wgpy"]):
     from noise import crypto
-    from wgpy import messages, uapi, wgquick
-    from wgpy.device import Device
-    from wgpy.errors import ConfigError, UapiError
+    from wgpy.core import messages, uapi
+    from wgpy.core.device import Device
+    from wgpy.core.errors import ConfigError, UapiError
     from wgpy.supervisor import config as sconfig
+    from wgpy.tools import quickconf
 
 
 def fuzz_messages(data: bytes) -> None:
@@ -95,7 +96,7 @@ def fuzz_uapi(data: bytes) -> None:
 def fuzz_wgquick(data: bytes) -> None:
     """A wg-quick config either parses or raises ConfigError."""
     with contextlib.suppress(ConfigError):
-        wgquick.parse(data.decode("utf-8", "replace"))
+        quickconf.parse(data.decode("utf-8", "replace"))
 
 
 def fuzz_tunnels(data: bytes) -> None:

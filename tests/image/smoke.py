@@ -23,7 +23,7 @@ ICMP_ECHO_REPLY = 0
 
 
 def configure(iface: str) -> None:
-    from wgpy import uapi_client
+    from wgpy.io import uapi_client
 
     lines = [ln for ln in sys.stdin.read().splitlines() if ln]
     uapi_client.set_device(iface, lines)

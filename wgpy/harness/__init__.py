@@ -10,7 +10,6 @@ See docs/harness.md.
 
 from __future__ import annotations
 
-from wgpy.harness.netns import Transport, UdpTransport, udp_socket
 from wgpy.harness.peer import (
     HarnessError,
     HarnessTimeout,
@@ -18,6 +17,7 @@ from wgpy.harness.peer import (
     ScriptedPeer,
     Session,
 )
+from wgpy.harness.transport import Transport, UdpTransport, udp_socket
 
 __all__ = [
     "HarnessError",

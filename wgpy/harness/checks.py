@@ -22,9 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from noise import tai64n
-from wgpy import messages
+from wgpy.core import messages
 from wgpy.harness import packets
-from wgpy.harness.netns import UdpTransport
 from wgpy.harness.peer import (
     KIND_COOKIE_REPLY,
     KIND_DATA,
@@ -36,6 +35,7 @@ from wgpy.harness.peer import (
     Session,
 )
 from wgpy.harness.target import HARNESS_TUNNEL_IPS, Target
+from wgpy.harness.transport import UdpTransport
 
 QUIET = 0.3  # seconds of silence that count as "dropped" (replies on loopback take < 20 ms)
 REPLY = 2.0  # seconds to wait for something that must come

@@ -40,7 +40,7 @@ from wgpy.harness.peer import HarnessError
 from wgpy.harness.report import Result, Status, render_junit, render_markdown, render_text
 from wgpy.harness.target import KNOWN, NamespaceTarget, Target, TargetError, UapiTarget
 
-WGPY_IMPL = [sys.executable, "-m", "wgpy.userspace"]
+WGPY_IMPL = [sys.executable, "-m", "wgpy.tools.userspace"]
 
 
 def run_check(check: Check, target: Target, *, flood_count: int = FLOOD_INITIATIONS) -> Result:

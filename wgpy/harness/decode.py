@@ -40,13 +40,13 @@ from noise import crypto, tai64n
 from noise.cookie import cookie_key, mac1_key
 from noise.errors import NoiseError
 from noise.handshake import C0, H0
-from wgpy import messages
+from wgpy.core import messages
+from wgpy.core.keys import parse_base64_key
 from wgpy.harness import packets
 from wgpy.harness.capture import STDIN, open_capture, read_udp
 from wgpy.harness.keylog import KeyLog, parse_keylog
 from wgpy.harness.pcap import PcapError, UdpDatagram
 from wgpy.harness.pcapng import SECRETS_WIREGUARD
-from wgpy.keys import decode_base64_key
 
 
 def short_key(public: bytes) -> str:
@@ -273,13 +273,6 @@ def decode_file(path: str, decoder: Decoder, *, port: int | None = None) -> list
         return list(decode_stream(f, decoder, port=port))
 
 
-def _key(text: str) -> bytes:
-    key = decode_base64_key(text.strip())
-    if key is None:
-        raise ValueError("a key is 44 characters of base64, as wg writes it")
-    return key
-
-
 def _read_keylog(path: str, prog: str) -> KeyLog:
     with open(path, encoding="ascii", errors="replace") as f:
         log = parse_keylog(f.read())
@@ -305,11 +298,11 @@ def main(argv: list[str], prog: str = "wgpy decode") -> int:
     args = p.parse_args(argv)
     kinds: dict[str, int] = {}
     try:
-        keys = [_key(k) for k in args.key]
+        keys = [parse_base64_key(k, "--key") for k in args.key]
         for path in args.key_file:
             with open(path, encoding="ascii") as f:
-                keys += [_key(line) for line in f if line.strip()]
-        decoder = Decoder(keys, None, [_key(k) for k in args.psk])
+                keys += [parse_base64_key(line, path) for line in f if line.strip()]
+        decoder = Decoder(keys, None, [parse_base64_key(k, "--psk") for k in args.psk])
         for path in args.keylog:
             decoder.add_keylog(_read_keylog(path, prog))
         live = args.capture == STDIN

@@ -18,8 +18,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from wgpy.core.keys import decode_base64_key
 from wgpy.io.keylog import KEYLOG_ENV, TRANSPORT_NAME, WIRESHARK_NAMES, KeyLogWriter
-from wgpy.keys import decode_base64_key
 
 __all__ = ["KEYLOG_ENV", "KeyLog", "KeyLogWriter", "parse_keylog", "writer_from_env"]
 
@@ -57,10 +57,6 @@ class KeyLog:
 _KEYWORD = re.compile(r"[A-Z][A-Z0-9_]{0,31}")
 
 
-def _decode_key(text: str) -> bytes | None:
-    return decode_base64_key(text.strip())
-
-
 def _add(items: list[bytes], key: bytes) -> None:
     if key not in items:
         items.append(key)
@@ -88,7 +84,7 @@ def parse_keylog(text: str) -> KeyLog:
             continue
         parts = line.split()
         if parts[0] == TRANSPORT_NAME:
-            key = _decode_key(parts[2]) if len(parts) == 3 else None
+            key = decode_base64_key(parts[2].strip()) if len(parts) == 3 else None
             try:
                 index = int(parts[1], 16) if len(parts) == 3 else -1
             except ValueError:
@@ -103,7 +99,7 @@ def parse_keylog(text: str) -> KeyLog:
         if name not in targets:
             out.skip(_kind(line), lineno)
             continue
-        key = _decode_key(value) if sep else None
+        key = decode_base64_key(value.strip()) if sep else None
         if key is None:
             out.skip(f"malformed {name}", lineno)
             continue

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 A :class:`ScriptedPeer` holds one static key pair and the target's static public key. It talks
-through a :class:`~wgpy.harness.netns.Transport` (a real UDP socket, or any object with
+through a :class:`~wgpy.harness.transport.Transport` (a real UDP socket, or any object with
 ``send``/``recv``). Nothing happens behind the caller's back: no timers, no retransmits, no
 automatic keepalives, no replay filter on what it receives. Each call does one thing:
 
@@ -57,10 +57,10 @@ from noise.handshake import (
     create_response,
     derive_keys,
 )
-from wgpy import messages
+from wgpy.core import messages
 from wgpy.harness import packets
 from wgpy.harness.keylog import KeyLogWriter, writer_from_env
-from wgpy.harness.netns import Address, Transport
+from wgpy.harness.transport import Address, Transport
 
 DEFAULT_MTU = 1420
 KIND_INITIATION = "initiation"

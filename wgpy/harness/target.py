@@ -27,10 +27,11 @@ from collections.abc import Sequence
 
 from noise import crypto
 from wgpy import testbed as tb
-from wgpy import uapi, uapi_client
-from wgpy.errors import UapiError
-from wgpy.harness.netns import Address, udp_socket
-from wgpy.keys import decode_base64_key
+from wgpy.core import uapi
+from wgpy.core.errors import UapiError
+from wgpy.core.keys import decode_base64_key
+from wgpy.harness.transport import Address, udp_socket
+from wgpy.io import uapi_client
 
 TUNNEL_NET = "10.77.0.0/24"
 TARGET_TUNNEL_IP = "10.77.0.1"
@@ -68,7 +69,7 @@ class Target:
 
     # --- subclass hooks -------------------------------------------------------------------------
 
-    def _set(self, lines: list[str]) -> None:
+    def set_lines(self, lines: list[str]) -> None:
         raise NotImplementedError
 
     def _get(self) -> uapi.DeviceSnapshot:
@@ -106,11 +107,11 @@ class Target:
             lines.append(f"endpoint={endpoint[0]}:{endpoint[1]}")
         if persistent_keepalive is not None:
             lines.append(f"persistent_keepalive_interval={persistent_keepalive}")
-        self._set(lines)
+        self.set_lines(lines)
         self._peers.add(public_key)
 
     def remove_peer(self, public_key: bytes) -> None:
-        self._set([f"public_key={public_key.hex()}", "remove=true"])
+        self.set_lines([f"public_key={public_key.hex()}", "remove=true"])
         self._peers.discard(public_key)
 
     def peer(self, public_key: bytes) -> uapi.PeerSnapshot | None:
@@ -141,7 +142,7 @@ class UapiTarget(Target):
         self.netns = netns
         self.name = name
 
-    def _set(self, lines: list[str]) -> None:
+    def set_lines(self, lines: list[str]) -> None:
         text = "set=1\n" + "".join(line + "\n" for line in lines) + "\n"
         try:
             _, code = uapi_client.transact(self.socket_path, text)
@@ -177,7 +178,7 @@ class WgToolTarget(Target):
         self.instance = instance
         self.netns = instance.ns.name
 
-    def _set(self, lines: list[str]) -> None:
+    def set_lines(self, lines: list[str]) -> None:
         # `wg` has no raw UAPI input; translate the few lines add_peer/remove_peer produce.
         argv = ["set", self.instance.iface]
         stdin: str | None = None
@@ -234,7 +235,7 @@ class NamespaceTarget:
     """Start an implementation in a fresh namespace and configure it (context manager).
 
     ``impl`` is an argv prefix (``["wireguard-go"]``, ``[sys.executable, "-m",
-    "wgpy.userspace"]``) or :data:`wgpy.testbed.KERNEL`. On exit the process is stopped and
+    "wgpy.tools.userspace"]``) or :data:`wgpy.testbed.KERNEL`. On exit the process is stopped and
     the namespace deleted, also after a failure.
     """
 
@@ -280,7 +281,7 @@ class NamespaceTarget:
                 input=crypto_b64(private) + "\n",
             )
         else:
-            target._set([f"private_key={private.hex()}", f"listen_port={TARGET_PORT}"])
+            target.set_lines([f"private_key={private.hex()}", f"listen_port={TARGET_PORT}"])
         target.public_key = crypto.public_key(private)
         target.private_key = private
         target.name = self.name

@@ -1,6 +1,6 @@
 """The data-plane fast path: transport data sealed and opened in batches.
 
-The sans-IO :class:`~wgpy.device.Device` handles one packet per call and returns new ``bytes``
+The sans-IO :class:`~wgpy.core.device.Device` handles one packet per call and returns new ``bytes``
 for each; at a Gbit/s that bookkeeping costs more than the crypto (docs/benchmarks.md). This
 layer moves the common case — a data packet on an established session — without it:
 
@@ -69,13 +69,14 @@ from noise.crypto import AuthenticationFailed
 from noise.crypto import pack_nonce as _nonce
 from tun.base import VNET_HDR_LEN, TunDevice
 from tun.offload import MAX_ROWS, VNET_HDR, Segmenter, complete_checksum
-from wgpy import messages
-from wgpy.device import Device
+from wgpy.core import messages
+from wgpy.core.device import Device
+from wgpy.core.drops import Drop
+from wgpy.core.keypair import Keypair
+from wgpy.core.peer import Endpoint, Peer
 from wgpy.io.faults import FaultLog
 from wgpy.io.gro import NEEDS_CSUM, TcpCoalescer
 from wgpy.io.udp import UdpBind
-from wgpy.keypair import Keypair
-from wgpy.peer import Endpoint, Peer
 
 SOL_UDP = 17
 UDP_SEGMENT = 103
@@ -85,21 +86,19 @@ BATCH = 128  # packets per wake-up and source (wireguard-go IdealBatchSize)
 MAX_SEALED = BATCH + MAX_ROWS  # packets one on_tun may seal: reads, then a split's segments
 GSO_MAX_SEGMENTS = 64  # the kernel takes 128; wireguard-go stops at 64
 GSO_MAX_BYTES = 65000  # one GSO send is one IP packet: ≤ 65535 with headers
-MAX_PACKET = 65535  # the largest IP packet a TUN read can return
+MAX_TUN_READ = 65535  # the largest IP packet a TUN read can return
 HEADROOM = messages.TRANSPORT_HEADER_SIZE
 TAG = messages.TAG_SIZE
-ARENA = 4 * (MAX_PACKET + 64)
+ARENA = 4 * (MAX_TUN_READ + 64)
 RX_BUFFER = 65536 + 64
-_ARENA_LIMIT = ARENA - MAX_PACKET - HEADROOM - TAG - 16  # start a new arena pass beyond
+_ARENA_LIMIT = ARENA - MAX_TUN_READ - HEADROOM - TAG - 16  # start a new arena pass beyond
 
 # Plaintext buffers (``_pt`` for sending, ``_pkt`` for receiving) hold the IP packet at _P,
-# behind room for a virtio_net_hdr: fixed offsets, so the header fields are constant slices.
+# behind room for a virtio_net_hdr: fixed offsets for the header fields.
 _P = VNET_HDR_LEN
-_V4_SRC, _V4_DST = slice(_P + 12, _P + 16), slice(_P + 16, _P + 20)
-_V6_SRC, _V6_DST = slice(_P + 8, _P + 24), slice(_P + 24, _P + 40)
 # a packet, its padding and the header in front; and room for tun.offload to fill up the
 # last segment of a super-packet split in place (at most an MSS more)
-PLAINTEXT = _P + 2 * MAX_PACKET + 16
+PLAINTEXT = _P + 2 * MAX_TUN_READ + 16
 
 _HEADER = messages.TRANSPORT_HEADER
 _SEGMENT = struct.Struct("=H")
@@ -161,7 +160,7 @@ class FastPath:
         self._txv = memoryview(self._tx)
         self._pt = bytearray(PLAINTEXT)  # the TUN packet being sealed
         self._ptv = memoryview(self._pt)
-        self._pt_read = self._ptv[_P - self._vnet_len : _P + MAX_PACKET]
+        self._pt_read = self._ptv[_P - self._vnet_len : _P + MAX_TUN_READ]
         self._rx = bytearray(RX_BUFFER)  # received datagrams
         self._rxv = memoryview(self._rx)
         self._pkt = bytearray(PLAINTEXT)  # the opened packet, written to the TUN from here
@@ -271,7 +270,7 @@ class FastPath:
         dev = self.device
         now = self.clock()
         read_into = self._read_into
-        lookup = dev.allowed_ips.lookup
+        route = dev.route
         mtu = dev.mtu
         pt, ptv, into = self._pt, self._ptv, self._pt_read
         view = self._txv
@@ -331,18 +330,10 @@ class FastPath:
                     n -= vnet
                     offloaded = pt[1] or pt[0] & NEEDS_CSUM  # offloads (tun.offload)
                     if offloaded and tso is None:  # not asked for
-                        dev.drops["malformed_outbound"] += 1
+                        dev.drops[Drop.MALFORMED_OUTBOUND] += 1
                         continue
-                version = pt[_P] >> 4 if n else 0
-                if version == 4 and n >= 20:
-                    peer = lookup(pt[_V4_DST])
-                elif version == 6 and n >= 40:
-                    peer = lookup(pt[_V6_DST])
-                else:
-                    dev.drops["malformed_outbound"] += 1
-                    continue
+                peer = route(pt, _P, n)
                 if peer is None:
-                    dev.drops["no_route"] += 1
                     continue
                 if offloaded:
                     assert tso is not None
@@ -355,13 +346,13 @@ class FastPath:
                             rows = tso.split(pt, _P, n, hdr, mtu) if rows < 0 else 0
                             src, srcv, base, step, heads = tso.buf, tso.view, 0, tso.stride, None
                         if not rows:
-                            dev.drops["malformed_outbound"] += 1
+                            dev.drops[Drop.MALFORMED_OUTBOUND] += 1
                             continue
                         lengths, k = tso.lengths, 0
                         budget -= rows - 1
                         continue  # its first segment, at the top
                     if not complete_checksum(pt, _P, n, hdr[4], hdr[5]):
-                        dev.drops["malformed_outbound"] += 1
+                        dev.drops[Drop.MALFORMED_OUTBOUND] += 1
                         continue
             try:
                 if peer is not last_peer:
@@ -463,7 +454,7 @@ class FastPath:
         vnet = self._vnet_len
         held = False  # gro holds segments of this read
         unpack_from = _HEADER.unpack_from
-        lookup = dev.allowed_ips.lookup
+        inner_length = dev.inner_packet_length
         queue = dev.queue_handshake
         pending = self._pending_rx  # peer -> [bytes, data packets, last source]
         # the receiver index, peer and keypair of the previous datagram
@@ -481,7 +472,7 @@ class FastPath:
                 break  # ICMP errors reported on the socket: nothing to do
             addr: Endpoint = (raw_addr[0], raw_addr[1])
             if total == 0:  # an empty datagram: counted as the Device counts it
-                dev.drops["unknown_type"] += 1
+                dev.drops[Drop.UNKNOWN_TYPE] += 1
                 continue
             seg = total
             if ancdata:
@@ -516,10 +507,10 @@ class FastPath:
                             _nonce(counter), view[body:end], None, pktv[_P : _P + size]
                         )
                     except AuthenticationFailed:
-                        dev.drops["decryption_failed"] += 1
+                        dev.drops[Drop.DECRYPTION_FAILED] += 1
                         continue
                     if not kp.replay.validate(counter):
-                        dev.drops["replayed"] += 1
+                        dev.drops[Drop.REPLAYED] += 1
                         continue
                     if totals is None:
                         totals = pending.get(peer)
@@ -529,29 +520,8 @@ class FastPath:
                     totals[2] = addr
                     if size == 0:
                         continue  # keepalive
-                    version = pkt[_P] >> 4
-                    if version == 4 and size >= 20:
-                        length = (pkt[_P + 2] << 8) | pkt[_P + 3]
-                        src = pkt[_V4_SRC]
-                        ok = 20 <= length <= size
-                    elif version == 6 and size >= 40:
-                        length = 40 + ((pkt[_P + 4] << 8) | pkt[_P + 5])
-                        src = pkt[_V6_SRC]
-                        ok = length <= size
-                    else:
-                        ok = False
-                    if not ok:
-                        dev.drops["malformed_inner_packet"] += 1
-                        continue
-                    if lookup(src) is not peer:
-                        dev.drops["disallowed_source"] += 1
-                        continue
-                    accept = dev.accept_destinations
-                    if (
-                        accept is not None
-                        and bytes(pkt[_V4_DST] if version == 4 else pkt[_V6_DST]) not in accept
-                    ):
-                        dev.drops["disallowed_destination"] += 1
+                    length = inner_length(peer, pkt, _P, size)
+                    if length < 0:
                         continue
                     totals[1] += 1
                     if gro is not None:

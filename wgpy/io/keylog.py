@@ -28,7 +28,7 @@ import os
 import stat
 from collections.abc import Callable
 
-from wgpy.keypair import SessionSecrets
+from wgpy.core.keypair import SessionSecrets
 
 log = logging.getLogger(__name__)
 

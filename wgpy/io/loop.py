@@ -26,8 +26,8 @@ from collections.abc import Callable
 from typing import Any
 
 from tun.base import TunDevice, TunError
-from wgpy import configure, uapi
-from wgpy.device import Device
+from wgpy.core import configure, uapi
+from wgpy.core.device import Device
 from wgpy.io.fastpath import FastPath, disable_gro, enable_gro
 from wgpy.io.faults import FaultLog, describe
 from wgpy.io.uapi_server import UapiServer

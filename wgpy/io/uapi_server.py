@@ -13,8 +13,8 @@ import socket
 import stat
 from collections.abc import Callable
 
-from wgpy import uapi
-from wgpy.errors import UapiError, WgpyError
+from wgpy.core import uapi
+from wgpy.core.errors import UapiError, WgpyError
 
 log = logging.getLogger(__name__)
 

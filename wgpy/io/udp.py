@@ -6,7 +6,7 @@ import contextlib
 import errno
 import socket
 
-from wgpy.errors import UapiError
+from wgpy.core.errors import UapiError
 
 SOCKET_BUFFER = 7 * 1024 * 1024  # wireguard-go's 7 MiB: the default drops at Gbit rates
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)

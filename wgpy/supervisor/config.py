@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from wgpy.errors import ConfigError
-from wgpy.keys import HIDDEN, parse_base64_key, short
+from wgpy.core.errors import ConfigError
+from wgpy.core.keys import HIDDEN, parse_base64_key, short
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

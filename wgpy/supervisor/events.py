@@ -10,30 +10,19 @@ error message that quotes a bad value cannot leak the cluster's shared private k
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from wgpy.keys import HIDDEN
+from wgpy.core.keys import redact
 
 log = logging.getLogger(__name__)
 
 COMPONENT = "wgpy-supervisor"
-# A 32-byte key in base64 (43 characters + "="), not part of a longer base64 run.
-_KEY_RE = re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=(?![A-Za-z0-9+/=])")
 MAX_MESSAGE = 1024  # the API server truncates/limits event messages; keep them short
 
 
-# The same 32 bytes in hex (64 digits, not part of a longer hex run).
-_HEX_KEY_RE = re.compile(r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{64}(?![0-9A-Fa-f])")
-
-
-def redact(text: str) -> str:
-    """``text`` with anything shaped like a WireGuard key (base64 or hex) replaced by
-    ``(hidden)``. Public keys look the same and are hidden too: the price of not parsing."""
-    return _HEX_KEY_RE.sub(HIDDEN, _KEY_RE.sub(HIDDEN, text))
 
 
 @dataclass(frozen=True)

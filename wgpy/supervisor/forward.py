@@ -309,7 +309,7 @@ class _ListenProtocol(asyncio.DatagramProtocol):
         self.owner = owner
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        self.owner._from_client(data, addr)
+        self.owner.from_client(data, addr)
 
     def error_received(self, exc: Exception) -> None:
         self.owner.stats.errors += 1
@@ -335,7 +335,7 @@ class _Flow(asyncio.DatagramProtocol):
             else:
                 self.owner.stats.errors += 1
             return
-        self.owner._count(len(data))
+        self.owner.count(len(data))
         self.transport.sendto(data)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -343,18 +343,18 @@ class _Flow(asyncio.DatagramProtocol):
         self.transport = transport = cast(asyncio.DatagramTransport, transport)
         pending, self.pending = self.pending, []
         for data in pending:
-            self.owner._count(len(data))
+            self.owner.count(len(data))
             transport.sendto(data)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         self.last_active = self.owner.clock()
-        self.owner._to_client(data, self.client)
+        self.owner.to_client(data, self.client)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port/host unreachable from the target: drop the flow so the client's next
         # datagram is sent to the next target.
         self.owner.stats.errors += 1
-        self.owner._drop_flow(self)
+        self.owner.drop_flow(self)
 
     def close(self) -> None:
         if not self.closed:
@@ -406,13 +406,13 @@ class UdpForwarder(_Base):
         keep = set(self.picker.targets)
         for flow in list(self.flows.values()):
             if flow.target not in keep:
-                self._drop_flow(flow)
+                self.drop_flow(flow)
 
-    def _count(self, n: int) -> None:
+    def count(self, n: int) -> None:
         self.stats.datagrams += 1
         self.stats.bytes += n
 
-    def _from_client(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+    def from_client(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         flow = self.flows.get(addr)
         if flow is None:
             flow = self._new_flow(addr)
@@ -458,18 +458,18 @@ class UdpForwarder(_Base):
                 e,
             )
             self.stats.errors += 1
-            self._drop_flow(flow)
+            self.drop_flow(flow)
             return
         if flow.closed:  # dropped while we were connecting
             flow.closed = False
             flow.close()
 
-    def _to_client(self, data: bytes, client: tuple[str | int, ...]) -> None:
+    def to_client(self, data: bytes, client: tuple[str | int, ...]) -> None:
         if self._transport is not None:
-            self._count(len(data))
+            self.count(len(data))
             self._transport.sendto(data, client)
 
-    def _drop_flow(self, flow: _Flow) -> None:
+    def drop_flow(self, flow: _Flow) -> None:
         if self.flows.get(flow.client) is flow:
             del self.flows[flow.client]
             self._source_add(str(flow.client[0]), -1)
@@ -481,7 +481,7 @@ class UdpForwarder(_Base):
         idle = [f for f in self.flows.values() if now - f.last_active >= self.idle_timeout]
         for f in idle:
             self.stats.idle_closed += 1
-            self._drop_flow(f)
+            self.drop_flow(f)
         return len(idle)
 
     async def _sweep(self) -> None:
@@ -500,7 +500,7 @@ class UdpForwarder(_Base):
         for t in list(self._setup):
             t.cancel()
         for flow in list(self.flows.values()):
-            self._drop_flow(flow)
+            self.drop_flow(flow)
         if self._transport is not None:
             self._transport.close()
             self._transport = None

@@ -93,8 +93,7 @@ class HttpServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
-        sock = site._server.sockets[0]  # type: ignore[union-attr]
-        self.port = int(sock.getsockname()[1])
+        self.port = int(self._runner.addresses[0][1])  # the port bound when asked for 0
         log.info("http: /healthz /readyz /metrics on %s:%d", self.host, self.port)
 
     def stop(self) -> None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from wgpy.errors import ConfigError
+from wgpy.core.errors import ConfigError
 
 JITTER_FACTOR = 1.2  # client-go leaderelection.JitterFactor
 MICROTIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"

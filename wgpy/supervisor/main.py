@@ -10,7 +10,7 @@ Two modes, one core (:class:`wgpy.supervisor.manager.Supervisor`):
   every second (mtime, inode, size) and re-applied live; leadership among the supervisors of
   this host through ``flock`` on ``--lock-file`` (shared by default); forwarding from each
   tunnel's ``forward:`` list. An invalid edit is logged and counted and changes nothing.
-* otherwise Kubernetes mode, implemented by :mod:`wgpy.supervisor.kube`
+* otherwise Kubernetes mode, implemented by :mod:`wgpy.supervisor.kubemode`
   (``KubeSettings.from_env(env, **flags)``, ``run_kubernetes_mode(settings)``).
 
 ``--keylog TUNNEL=PATH`` (repeatable; debugging only) makes that tunnel's device append every
@@ -40,8 +40,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from wgpy.errors import ConfigError
-from wgpy.keys import insecure_file_warning
+from wgpy.core.errors import ConfigError
+from wgpy.core.keys import redact
+from wgpy.io.keyfiles import insecure_file_warning
 
 log = logging.getLogger("wgpy.supervisor")
 
@@ -227,12 +228,6 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
 # -- logging ----------------------------------------------------------------------------------
 
 
-def _redact(text: str) -> str:
-    from wgpy.supervisor.events import redact
-
-    return redact(text)
-
-
 class TextFormatter(logging.Formatter):
     """kube-vip's slog text shape (``2026/09/04 08:37:59 INFO msg``), key-shaped strings
     hidden: no code path logs a key, and this is the defence in depth if one ever quotes one
@@ -242,7 +237,7 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(message)s", "%Y/%m/%d %H:%M:%S")
 
     def format(self, record: logging.LogRecord) -> str:
-        return _redact(super().format(record))
+        return redact(super().format(record))
 
 
 class JsonFormatter(logging.Formatter):
@@ -254,10 +249,10 @@ class JsonFormatter(logging.Formatter):
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
             "level": record.levelname,
             "logger": record.name,
-            "msg": _redact(record.getMessage()),
+            "msg": redact(record.getMessage()),
         }
         if record.exc_info:
-            out["exc"] = _redact(self.formatException(record.exc_info))
+            out["exc"] = redact(self.formatException(record.exc_info))
         return json.dumps(out)
 
 
@@ -380,15 +375,15 @@ async def run_embedded(s: Settings) -> int:
 
 
 def run_kubernetes(args: argparse.Namespace, s: Settings) -> int:
-    """Kubernetes mode, implemented by :mod:`wgpy.supervisor.kube`: its ``KubeSettings``
+    """Kubernetes mode, implemented by :mod:`wgpy.supervisor.kubemode`: its ``KubeSettings``
     reads kube-vip's environment; the flags given here override it."""
-    if importlib.util.find_spec("wgpy.supervisor.kube") is None:
+    if importlib.util.find_spec("wgpy.supervisor.kubemode") is None:
         log.error(
-            "Kubernetes mode is not available in this build (no wgpy.supervisor.kube); "
+            "Kubernetes mode is not available in this build (no wgpy.supervisor.kubemode); "
             "use --tunnels-file FILE for the embedded mode"
         )
         return 2
-    kube = importlib.import_module("wgpy.supervisor.kube")
+    kube = importlib.import_module("wgpy.supervisor.kubemode")
     lease_ns = lease = None
     if args.lease_name is not None:
         lease_ns, lease = s.lease_namespace, s.lease_name
@@ -423,7 +418,7 @@ def run_kubernetes(args: argparse.Namespace, s: Settings) -> int:
 
 
 def main(argv: list[str], prog: str = "wgpy supervisor") -> int:
-    """Entry point of ``wgpy supervisor`` (registered in :mod:`wgpy.cli`)."""
+    """Entry point of ``wgpy supervisor`` (registered in :mod:`wgpy.tools.cli`)."""
     args = build_parser(prog).parse_args(argv)
     setup_logging(args.log_format, args.log_level)
     try:

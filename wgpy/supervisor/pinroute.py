@@ -26,7 +26,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from wgpy.errors import WgpyError
+from wgpy.core.errors import WgpyError
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from wgpy.errors import WgpyError
+from wgpy.core.errors import WgpyError
 
 TABLE_BASE = 0x5767_0000  # "Wg" << 16: tables 0x57670000 + ifindex, far from 0-255
 RULE_PRIORITY = 5208  # before main (32766), after local (0)

@@ -1,7 +1,7 @@
 """One tunnel of the ``wireguard`` Secret brought up on the userspace device (issue 8 point 3).
 
 kube-vip creates a kernel WireGuard link; we create a TUN named after the tunnel and run
-:class:`wgpy.device.Device` on it in a :class:`wgpy.io.loop.DeviceRunner` thread. What the
+:class:`wgpy.core.device.Device` on it in a :class:`wgpy.io.loop.DeviceRunner` thread. What the
 leader sets up, in order (kube-vip-wireguard.md §5.2, minus what userspace makes unnecessary):
 
 1. the peer endpoint is resolved (once per bring-up, as kube-vip does), bounded by the time
@@ -48,12 +48,13 @@ from noise import tai64n
 from tun import netlink
 from tun.base import TunError
 from tun.linux import LinuxTun
-from wgpy.device import Device
-from wgpy.errors import WgpyError
+from wgpy.core.device import Device
+from wgpy.core.drops import Drop
+from wgpy.core.errors import WgpyError
+from wgpy.core.peer import Peer
 from wgpy.io import gro
 from wgpy.io.keylog import KeyLogRefused, KeyLogWriter, device_sink
 from wgpy.io.loop import DeviceRunner, interface_exists
-from wgpy.peer import Peer
 from wgpy.supervisor import srcroute
 from wgpy.supervisor.config import Tunnel
 from wgpy.supervisor.model import TunnelStatus
@@ -334,7 +335,7 @@ class TunnelRuntime:
             st.tx_bytes = peer.tx_bytes
             st.handshakes = device.handshakes_completed
             st.handshake_failures = peer.timer_handshake_attempts
-            st.dropped_not_for_vip = device.drops.get("disallowed_destination", 0)
+            st.dropped_not_for_vip = device.drops[Drop.DISALLOWED_DESTINATION]
         runner = self.runner
         if runner is not None:
             io = runner.io_counters()

@@ -22,6 +22,7 @@ Needs root, ``ip``, ``nsenter``, ``wg`` and the implementation binaries.
 
 from __future__ import annotations
 
+from wgpy.core.keys import redact
 from wgpy.testbed.netns import (
     Namespace,
     Veth,
@@ -48,7 +49,6 @@ from wgpy.testbed.proc import (
     install_signal_handlers,
     list_netns,
     pid_alive,
-    redact,
     rss_kib,
     run,
     wait_for,

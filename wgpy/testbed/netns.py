@@ -1,17 +1,19 @@
-"""Network namespaces and veth pairs, removed on exit."""
+"""Network namespaces and veth pairs, removed on exit; code run inside a namespace."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import re
 import secrets
 import signal
 import subprocess
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import IO, Any, Self
+from typing import IO, Any, Self, TypeVar
 
 from wgpy.testbed.proc import (
     NS_PREFIX,
@@ -22,6 +24,48 @@ from wgpy.testbed.proc import (
     pid_alive,
     run,
 )
+
+CLONE_NEWNET = 0x40000000
+NETNS_DIR = "/run/netns"
+T = TypeVar("T")
+
+
+def _setns(path: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns({path}): {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def run_in_netns(netns: str, make: Callable[[], T]) -> T:
+    """``make()`` run in a short-lived thread that joined network namespace ``netns`` (a name
+    under ``/run/netns`` or a path); its result or exception comes back to the caller.
+
+    The caller's thread never changes namespace, so a signal handled meanwhile (SIGTERM
+    raising in the main thread) cannot leave it stranded in ``netns``, where cleaning up the
+    namespace would then kill this very process.
+    """
+    path = netns if "/" in netns else os.path.join(NETNS_DIR, netns)
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            _setns(path)
+            result.append(make())
+        except BaseException as e:  # handed to the caller's thread below
+            error.append(e)
+
+    t = threading.Thread(target=worker, name="wgpy-setns")
+    t.start()
+    t.join()
+    if error:
+        raise error[0]
+    return result[0]
 
 # ---------------------------------------------------------------------------------------------
 # Namespaces and veth pairs

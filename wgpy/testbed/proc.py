@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import re
 import signal
 import subprocess
 import time
@@ -13,21 +12,16 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any, Protocol
 
-from wgpy.errors import WgpyError
+from wgpy.core.errors import WgpyError
+from wgpy.core.keys import redact
 
 DEFAULT_IMPL: tuple[str, ...] = ("wireguard-go",)
 SOCKET_DIR = "/run/wireguard"
 NS_PREFIX = "wgpy"
-_KEY_RE = re.compile(r"[A-Za-z0-9+/]{42,43}=")
 
 
 class TestbedError(WgpyError):
     """A testbed step failed (command error, start-up timeout, missing tool)."""
-
-
-def redact(text: str) -> str:
-    """Hide anything that looks like a base64 WireGuard key (keys are never shown)."""
-    return _KEY_RE.sub("(key)", text)
 
 
 class _Closeable(Protocol):

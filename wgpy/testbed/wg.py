@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import IO, Any, Self
 
+from wgpy.core.keys import redact
 from wgpy.testbed.netns import Namespace
 from wgpy.testbed.proc import (
     DEFAULT_IMPL,
@@ -20,7 +21,6 @@ from wgpy.testbed.proc import (
     _registry,
     _stop_process,
     _unregister,
-    redact,
     run,
     wait_for,
 )
@@ -221,7 +221,7 @@ class WgInstance(_WgBase):
     ``/run/wireguard`` (tmpfs in its own mount namespace).
 
     `impl` is an argv prefix: ``["wireguard-go"]``, ``["wgpy-userspace"]``,
-    ``[sys.executable, "-m", "wgpy.userspace"]``. Call :meth:`start` (or use ``with``).
+    ``[sys.executable, "-m", "wgpy.tools.userspace"]``. Call :meth:`start` (or use ``with``).
     """
 
     def __init__(

@@ -42,8 +42,8 @@ from typing import IO, Any, Self
 import yaml
 
 from wgpy import testbed
-from wgpy.harness.netns import run_in_netns
-from wgpy.keys import generate_private_key, public_key, to_base64
+from wgpy.core.keys import generate_private_key, public_key, to_base64
+from wgpy.testbed.netns import run_in_netns
 
 UNDERLAY_NET = "10.77.0.0/24"
 VPN_IP = "10.77.0.1"
@@ -55,7 +55,7 @@ VPN_PORT_BASE = 51820
 
 IMPLS: dict[str, list[str]] = {
     "wireguard-go": ["wireguard-go"],
-    "wgpy": [sys.executable, "-m", "wgpy.userspace"],
+    "wgpy": [sys.executable, "-m", "wgpy.tools.userspace"],
 }
 
 
@@ -274,7 +274,7 @@ class Topology:
         argv = [
             sys.executable,
             "-m",
-            "wgpy.cli",
+            "wgpy.tools.cli",
             "supervisor",
             "--tunnels-file",
             tunnels_file,

@@ -1,6 +1,6 @@
 """``wgpy show``: the text of ``wg show`` (wireguard-tools ``show.c``) from UAPI snapshots.
 
-The formatting functions are pure: they take a :class:`~wgpy.uapi.DeviceSnapshot` and, for
+The formatting functions are pure: they take a :class:`~wgpy.core.uapi.DeviceSnapshot` and, for
 the "ago" column, ``now`` in Unix seconds. Output matches ``wg`` with colours off (what ``wg``
 prints into a pipe), with one deliberate difference: the private key and preshared keys are
 never printed. ``wg`` shows them as ``(hidden)`` in the pretty form already, but prints them
@@ -15,9 +15,9 @@ import socket
 import sys
 import time
 
-from wgpy import uapi_client
-from wgpy.keys import HIDDEN, public_key, to_base64
-from wgpy.uapi import DeviceSnapshot, Network, PeerSnapshot, format_ip
+from wgpy.core.keys import HIDDEN, public_key, to_base64
+from wgpy.core.uapi import DeviceSnapshot, Network, PeerSnapshot, format_ip
+from wgpy.io import uapi_client
 
 FIELDS = (
     "public-key",

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from wgpy.errors import ConfigError
+from wgpy.core.errors import ConfigError
 from wgpy.supervisor.config import Tunnel, parse_tunnels
 from wgpy.supervisor.watch import Backoff, Change, Obj, Reflector
 

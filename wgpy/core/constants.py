@@ -1,7 +1,8 @@
 """Protocol constants.
 
 Specification constants mirror wireguard-go ``device/constants.go`` and the whitepaper §6;
-implementation constants are this project's own limits. Times are seconds.
+implementation constants are this project's own limits. Times are seconds. The handshake's
+own (COOKIE_REFRESH_TIME, HANDSHAKE_INITIATION_RATE) live in ``noise``, which uses them.
 """
 
 from __future__ import annotations
@@ -16,21 +17,17 @@ MAX_TIMER_HANDSHAKES = int(REKEY_ATTEMPT_TIME / REKEY_TIMEOUT)  # 18 retries, 20
 REKEY_TIMEOUT_JITTER_MAX = 0.334  # retransmits add 0..333 ms (wireguard-go rand(334) ms)
 REJECT_AFTER_TIME = 180.0
 KEEPALIVE_TIMEOUT = 10.0
-COOKIE_REFRESH_TIME = 120.0
-HANDSHAKE_INITIATION_RATE = 1.0 / 50  # responder: at most one consumed initiation per 20 ms
 ZERO_KEY_MATERIAL_AFTER = 3 * REJECT_AFTER_TIME  # 540 s
 # initiator rekeys on receive when its key is this old (165 s)
 REKEY_ON_RECEIVE_AGE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
-PADDING_MULTIPLE = 16
 
 # --- Implementation ------------------------------------------------------------------------
 DEFAULT_MTU = 1420
-DEFAULT_PORT = 51820
 REPLAY_WINDOW = (128 - 1) * 64  # 8128, as wireguard-go and the kernel
 MAX_STAGED_PACKETS = 128  # per peer; the oldest is dropped when full (kernel behaviour)
 MAX_PEERS = 1 << 16
 MAX_ALLOWED_IPS = 1 << 20  # across all peers of a device
-# The handshake backlog (wgpy/backlog.py): handshake messages wait in a bounded queue, as in
+# The handshake backlog (wgpy/core/backlog.py): handshake messages wait in a bounded queue, as in
 # wireguard-go (QueueHandshakeSize 1024); what does not fit is dropped before mac1.
 MAX_QUEUED_HANDSHAKES = 1024
 # A backlog this deep means the thread cannot keep up: "under load" (wireguard-go: 1024/8).
@@ -42,5 +39,4 @@ HANDSHAKES_PER_SECOND = 10_000  # on average (a token bucket, burst 1000)
 # Diffie-Hellman per message (≈ 80 µs each) without ever filling the backlog.
 UNDER_LOAD_RATE = 1000
 UNDER_LOAD_STICKY = 1.0  # seconds the under-load state lasts after the last trigger
-MAX_DATAGRAM = 65535
-MAX_PACKET = MAX_DATAGRAM - 32
+MAX_DATAGRAM = 65535  # the largest UDP payload

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
-from wgpy.keys import (
+from wgpy.core.keys import (
     KEY_B64_LEN,
     decode_base64_key,
     generate_preshared_key,
@@ -48,17 +48,21 @@ class Command:
 
 
 COMMANDS: list[Command] = [
-    Command("genkey", "wgpy.cli:genkey_main", "generate a new private key (base64) to stdout"),
-    Command("genpsk", "wgpy.cli:genpsk_main", "generate a new preshared key (base64) to stdout"),
-    Command("pubkey", "wgpy.cli:pubkey_main", "read a private key on stdin, print its public key"),
-    Command("show", "wgpy.show:main", "show interfaces as `wg show` does (keys hidden)"),
-    Command("up", "wgpy.quick:up_main", "bring up an interface from a wg-quick config file"),
-    Command("down", "wgpy.quick:down_main", "take down an interface brought up by `wgpy up`"),
+    Command("genkey", "wgpy.tools.cli:genkey_main",
+            "generate a new private key (base64) to stdout"),
+    Command("genpsk", "wgpy.tools.cli:genpsk_main",
+            "generate a new preshared key (base64) to stdout"),
+    Command("pubkey", "wgpy.tools.cli:pubkey_main",
+            "read a private key on stdin, print its public key"),
+    Command("show", "wgpy.tools.show:main", "show interfaces as `wg show` does (keys hidden)"),
+    Command("up", "wgpy.tools.updown:up_main", "bring up an interface from a wg-quick config file"),
+    Command("down", "wgpy.tools.updown:down_main",
+            "take down an interface brought up by `wgpy up`"),
     Command("conformance", "wgpy.harness.conformance:main", "run protocol checks on a target"),
     Command("decode", "wgpy.harness.decode:main", "decode (and decrypt) WireGuard in a capture"),
-    Command("allowed-ips", "wgpy.allowedips_calc:main", "AllowedIPs as minimal CIDRs"),
+    Command("allowed-ips", "wgpy.tools.allowed_ips:main", "AllowedIPs as minimal CIDRs"),
     Command("supervisor", "wgpy.supervisor.main:main", "hold a VIP over WireGuard (kube-vip mode)"),
-    Command("demo", "wgpy.demo:main", "failover demo in network namespaces (needs root)"),
+    Command("demo", "wgpy.testbed.demo:main", "failover demo in network namespaces (needs root)"),
 ]
 
 
@@ -75,11 +79,6 @@ def usage() -> str:
 
 
 # --- keys (wireguard-tools genkey.c / pubkey.c) -------------------------------------------------
-
-def decode_key(text: bytes) -> bytes | None:
-    """``key_from_base64``: :func:`wgpy.keys.decode_base64_key`, the one strict decoder."""
-    return decode_base64_key(text)
-
 
 def _warn_if_world_accessible() -> None:
     """wg warns when the key goes to a regular file that others can read."""
@@ -133,7 +132,7 @@ def pubkey_main(argv: list[str], prog: str) -> int:
         if trailing.strip(b" \t\n\v\f\r\0"):
             print(f"{PROG}: Trailing characters found after key", file=sys.stderr)
             return 1
-    key = decode_key(text.split(b"\0", 1)[0])  # wg uses strlen: a NUL ends the key early
+    key = decode_base64_key(text.split(b"\0", 1)[0])  # wg uses strlen: a NUL ends the key early
     if key is None:
         print(f"{PROG}: Key is not the correct length or format", file=sys.stderr)
         return 1

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final, Literal, NamedTuple
 
-from wgpy.errors import UapiError
+from wgpy.core.errors import UapiError
 
 KEY_SIZE: Final = 32
 ZERO_KEY: Final = bytes(KEY_SIZE)

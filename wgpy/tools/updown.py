@@ -33,11 +33,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import wgpy
-from wgpy import uapi_client, wgquick
-from wgpy.constants import DEFAULT_MTU
-from wgpy.errors import ConfigError, WgpyError
-from wgpy.keys import insecure_file_warning
-from wgpy.uapi import SetRequest
+from tun.base import TunError
+from wgpy.core.constants import DEFAULT_MTU
+from wgpy.core.errors import ConfigError, WgpyError
+from wgpy.core.uapi import SetRequest
+from wgpy.io import uapi_client
+from wgpy.io.keyfiles import insecure_file_warning
+from wgpy.tools import quickconf
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -119,7 +121,7 @@ def route_table(table: str | None) -> int | None:
     raise QuickError(f"Table = {table}: no such routing table in {_RT_TABLES[0]}")
 
 
-def plan_routes(cfg: wgquick.WgQuickConfig, table: int | None) -> list[Network]:
+def plan_routes(cfg: quickconf.WgQuickConfig, table: int | None) -> list[Network]:
     """The prefixes to route into the tunnel, most specific first (wg-quick's ``sort -nr``).
 
     Raises :class:`QuickError` for a ``/0`` destined for the main table: it would replace or
@@ -195,7 +197,7 @@ def daemon_command(ifname: str, directory: str | None) -> list[str]:
     custom = os.environ.get(IMPLEMENTATION_ENV)
     if custom:
         return [*shlex.split(custom), ifname]
-    cmd = [sys.executable, "-m", "wgpy.userspace", ifname]
+    cmd = [sys.executable, "-m", "wgpy.tools.userspace", ifname]
     sock_dir = uapi_client.socket_dir(directory)
     if sock_dir != uapi_client.DEFAULT_SOCKET_DIR:
         cmd += ["--socket-dir", sock_dir]
@@ -207,7 +209,7 @@ def start_daemon(ifname: str, directory: str | None) -> None:
     cmd = daemon_command(ifname, directory)
     env = dict(os.environ)
     env.pop("WG_PROCESS_FOREGROUND", None)  # it must fork, or we would wait forever
-    # `python -m wgpy.userspace` must find this very wgpy, installed or run from a checkout.
+    # `python -m wgpy.tools.userspace` must find this very wgpy, installed or run from a checkout.
     root = str(Path(wgpy.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     _say(shlex.join(cmd))
@@ -261,7 +263,7 @@ def _covers(outer: Network, inner: Network) -> bool:
 
 def _configure(
     ifname: str,
-    cfg: wgquick.WgQuickConfig,
+    cfg: quickconf.WgQuickConfig,
     request: SetRequest,
     routes: list[Network],
     *,
@@ -296,7 +298,7 @@ def up(arg: str, *, directory: str | None = None) -> str:
     require_root()
     path, ifname = config_path(arg)
     try:
-        cfg = wgquick.parse_file(path)
+        cfg = quickconf.parse_file(path)
     except ConfigError as exc:
         raise QuickError(f"{path}: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -307,7 +309,7 @@ def up(arg: str, *, directory: str | None = None) -> str:
     table = route_table(cfg.table)
     routes = plan_routes(cfg, table)
     try:
-        request = wgquick.to_set_request(cfg, resolve=resolve_endpoint)
+        request = quickconf.to_set_request(cfg, resolve=resolve_endpoint)
     except ConfigError as exc:
         raise QuickError(f"{path}: {exc}") from None
     ignored = [
@@ -373,7 +375,7 @@ def _run(action: Callable[..., str], argv: list[str], prog: str, help_: str) -> 
     args = parser.parse_args(argv)
     try:
         action(args.config, directory=args.socket_dir)
-    except (QuickError, WgpyError) as exc:
+    except (QuickError, WgpyError, TunError) as exc:
         print(f"wgpy: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -18,9 +18,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from wgpy.errors import ConfigError
-from wgpy.keys import parse_base64_key, to_base64
-from wgpy.uapi import AllowedIPOp, PeerUpdate, SetRequest, format_network, parse_endpoint
+from wgpy.core.errors import ConfigError
+from wgpy.core.keys import parse_base64_key, to_base64
+from wgpy.core.uapi import AllowedIPOp, PeerUpdate, SetRequest, format_network, parse_endpoint
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface

@@ -8,18 +8,14 @@ leaves its own namespace, and no subprocess is needed.
 
 from __future__ import annotations
 
-import ctypes
-import os
 import select
 import socket
-import threading
-from collections.abc import Callable
 from typing import Protocol, TypeVar
 
+from wgpy.core.constants import MAX_DATAGRAM
+from wgpy.testbed.netns import run_in_netns
+
 Address = tuple[str, int]
-CLONE_NEWNET = 0x40000000
-NETNS_DIR = "/run/netns"
-MAX_DATAGRAM = 65535
 T = TypeVar("T")
 
 
@@ -33,42 +29,6 @@ class Transport(Protocol):
         ...
 
 
-def _setns(path: str) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({path}): {os.strerror(err)}")
-    finally:
-        os.close(fd)
-
-
-def run_in_netns(netns: str, make: Callable[[], T]) -> T:
-    """``make()`` run in a short-lived thread that joined network namespace ``netns`` (a name
-    under ``/run/netns`` or a path); its result or exception comes back to the caller.
-
-    The caller's thread never changes namespace, so a signal handled meanwhile (SIGTERM
-    raising in the main thread) cannot leave it stranded in ``netns``, where cleaning up the
-    namespace would then kill this very process.
-    """
-    path = netns if "/" in netns else os.path.join(NETNS_DIR, netns)
-    result: list[T] = []
-    error: list[BaseException] = []
-
-    def worker() -> None:
-        try:
-            _setns(path)
-            result.append(make())
-        except BaseException as e:  # handed to the caller's thread below
-            error.append(e)
-
-    t = threading.Thread(target=worker, name="wgpy-setns")
-    t.start()
-    t.join()
-    if error:
-        raise error[0]
-    return result[0]
 
 
 def udp_socket(

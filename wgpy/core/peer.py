@@ -1,30 +1,37 @@
 """A peer: its handshake, keypair slots, endpoint, staged packets and the five timers.
 
 The timer hooks are named after protocol events as in wireguard-go ``timers.go``; each says
-when to call it. They only move deadlines (monotonic seconds, ``None`` = not armed); the
-device runs the matching ``expired_*`` handler once ``now`` passes a deadline.
+when to call it. They only move deadlines (monotonic seconds, ``None`` = not armed), one
+attribute per timer in :data:`TIMERS`; the device runs the handler it pairs with each one
+once ``now`` passes the deadline.
+
+The keypair slots rotate here too, in one place each (wireguard-go ``BeginSymmetricSession``
+and ``ReceivedWithKeypair``). A keypair that leaves the slots is handed to ``free``: the
+device's index table forgets its index.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from operator import attrgetter
 
 from noise.cookie import CookieGenerator
 from noise.handshake import Handshake
-from wgpy.constants import (
+from wgpy.core.constants import (
     KEEPALIVE_TIMEOUT,
     MAX_STAGED_PACKETS,
     REKEY_TIMEOUT,
     ZERO_KEY_MATERIAL_AFTER,
 )
-from wgpy.keypair import Keypair
-from wgpy.keys import short
+from wgpy.core.keypair import Keypair
+from wgpy.core.keys import short
 
 Endpoint = tuple[str, int]
+Free = Callable[[Keypair | None], None]
 
-# Every deadline of a peer's timers, as one C call: ``Device.get_timer`` asks after each wake-up.
-timer_deadlines = attrgetter(
+# The deadline attribute of every timer, in the order the device runs them.
+TIMERS = (
     "retransmit_handshake_at",
     "send_keepalive_at",
     "new_handshake_at",
@@ -32,6 +39,8 @@ timer_deadlines = attrgetter(
     "persistent_keepalive_at",
     "silence_handshake_at",
 )
+# Every deadline of a peer's timers, as one C call: ``Device.get_timer`` asks after each wake-up.
+timer_deadlines = attrgetter(*TIMERS)
 
 
 class Peer:
@@ -108,6 +117,49 @@ class Peer:
         self.staged.append(packet)
         return not dropped
 
+    # --- sessions ---------------------------------------------------------------------------
+
+    def begin_session(self, keypair: Keypair, *, free: Free) -> None:
+        """Install the keypair of a finished handshake.
+
+        The initiator uses it at once: it becomes ``current`` (a ``next`` still waiting for
+        confirmation becomes ``previous``). The responder's waits in ``next`` until the
+        initiator's first message on it confirms it (:meth:`received_with_keypair`).
+        """
+        if keypair.is_initiator:
+            if self.next is not None:
+                free(self.current)
+                free(self.previous)
+                self.previous = self.next
+                self.next = None
+            else:
+                free(self.previous)
+                self.previous = self.current
+            self.current = keypair
+        else:
+            free(self.next)
+            free(self.previous)
+            self.next = keypair
+            self.previous = None
+
+    def received_with_keypair(self, keypair: Keypair, *, free: Free) -> bool:
+        """A message authenticated with ``keypair`` arrived; True if that confirmed ``next``,
+        which is now ``current``."""
+        if keypair is not self.next:
+            return False
+        free(self.previous)
+        self.previous = self.current
+        self.current = keypair
+        self.next = None
+        return True
+
+    def zero_key_material(self, *, free: Free) -> None:
+        """Forget every session and staged packet (the handshake is the caller's)."""
+        for kp in (self.previous, self.current, self.next):
+            free(kp)
+        self.previous = self.current = self.next = None
+        self.staged.clear()
+
     # --- timer hooks ------------------------------------------------------------------------
 
     def timers_data_sent(self, *, now: float, jitter: float) -> None:
@@ -155,9 +207,5 @@ class Peer:
             self.persistent_keepalive_at = now + self.persistent_keepalive_interval
 
     def stop_timers(self) -> None:
-        self.retransmit_handshake_at = None
-        self.send_keepalive_at = None
-        self.new_handshake_at = None
-        self.zero_key_material_at = None
-        self.persistent_keepalive_at = None
-        self.silence_handshake_at = None
+        for name in TIMERS:
+            setattr(self, name, None)

@@ -1,9 +1,10 @@
 """A UAPI client: talk to ``/var/run/wireguard/IFACE.sock`` as ``wg`` does (protocol doc §8).
 
-``get`` returns a parsed :class:`~wgpy.uapi.DeviceSnapshot`; ``set`` sends a request and raises
-:class:`~wgpy.errors.UapiError` (with the positive errno and ``strerror`` text) when the reply's
-errno is not 0. The socket directory is ``/var/run/wireguard`` unless ``WGPY_SOCKET_DIR`` says
-otherwise (tests point it at a temporary directory) or a ``directory`` argument is given.
+``get`` returns a parsed :class:`~wgpy.core.uapi.DeviceSnapshot`; ``set`` sends a request and
+raises :class:`~wgpy.core.errors.UapiError` (with the positive errno and ``strerror`` text) when
+the reply's errno is not 0. The socket directory is ``/var/run/wireguard`` unless
+``WGPY_SOCKET_DIR`` says otherwise (tests point it at a temporary directory) or a ``directory``
+argument is given.
 
 The connection is kept open by the server after a reply (it loops over requests), so replies are
 read up to their ``errno=N`` line and blank line, never up to EOF.
@@ -17,8 +18,8 @@ import re
 import socket
 import stat
 
-from wgpy import uapi
-from wgpy.errors import UapiError
+from wgpy.core import uapi
+from wgpy.core.errors import UapiError
 
 DEFAULT_SOCKET_DIR = "/var/run/wireguard"
 SOCKET_DIR_ENV = "WGPY_SOCKET_DIR"
@@ -131,7 +132,7 @@ def set_device(
     directory: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> None:
-    """``set=1`` with a :class:`~wgpy.uapi.SetRequest` or raw ``key=value`` lines.
+    """``set=1`` with a :class:`~wgpy.core.uapi.SetRequest` or raw ``key=value`` lines.
 
     Raises :class:`UapiError` whose message is ``strerror(errno)`` (as ``wg`` prints it) when
     the server answers a non-zero errno; the request itself (keys!) is never in the message.

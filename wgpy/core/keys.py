@@ -7,15 +7,15 @@ never puts private material into an exception message or a ``repr``.
 from __future__ import annotations
 
 import base64
-import os
+import re
 import secrets
-import stat
 
 from noise.crypto import clamp, generate_private_key, public_key
-from wgpy.errors import ConfigError
+from wgpy.core.errors import ConfigError
 
 __all__ = [
     "HIDDEN",
+    "redact",
     "KEY_SIZE",
     "clamp",
     "decode_base64_key",
@@ -23,7 +23,6 @@ __all__ = [
     "generate_private_key",
     "parse_base64_key",
     "parse_hex_key",
-    "insecure_file_warning",
     "public_key",
     "short",
     "to_base64",
@@ -31,6 +30,10 @@ __all__ = [
 
 KEY_SIZE = 32
 HIDDEN = "(hidden)"
+# A 32-byte key in base64 (43 characters + "="), not part of a longer base64 run.
+_KEY_RE = re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=(?![A-Za-z0-9+/=])")
+# The same 32 bytes in hex (64 digits, not part of a longer hex run).
+_HEX_KEY_RE = re.compile(r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{64}(?![0-9A-Fa-f])")
 
 
 def generate_preshared_key() -> bytes:
@@ -92,15 +95,8 @@ def short(public: bytes) -> str:
     return f"peer({b[:4]}…{b[39:43]})"
 
 
-def insecure_file_warning(path: str) -> str | None:
-    """A warning when a file holding keys is readable or writable by group or others."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        return (
-            f"Warning: {path} holds keys and is accessible by others "
-            f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it"
-        )
-    return None
+def redact(text: str) -> str:
+    """``text`` with anything shaped like a WireGuard key (base64 or hex) replaced by
+    ``(hidden)``, as ``wg`` hides keys. Public keys look the same and are hidden too: the price
+    of not parsing. The one redaction: logs, Events, testbed errors."""
+    return _HEX_KEY_RE.sub(HIDDEN, _KEY_RE.sub(HIDDEN, text))

@@ -1,7 +1,7 @@
 """Apply a UAPI ``set`` request to a ``Device`` and take the ``get`` snapshot (sans-IO).
 
 wireguard-go applies ``set`` lines in order until the first error; wgpy validates the whole
-request first (``wgpy.uapi.parse_set``), checks capacity, rebinds the port through a callback
+request first (``wgpy.core.uapi.parse_set``), checks capacity, rebinds the port through a callback
 before touching anything else, and only then applies, so a failing request changes nothing.
 """
 
@@ -10,10 +10,10 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable
 
-from wgpy import uapi
-from wgpy.device import Device
-from wgpy.errors import CapacityError, UapiError
-from wgpy.keys import public_key
+from wgpy.core import uapi
+from wgpy.core.device import Device
+from wgpy.core.errors import CapacityError, UapiError
+from wgpy.core.keys import public_key
 
 
 def _own_public(device: Device, req: uapi.SetRequest) -> bytes | None:

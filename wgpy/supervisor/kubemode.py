@@ -29,12 +29,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from wgpy.errors import ConfigError
+from wgpy.core.errors import ConfigError
+from wgpy.core.keys import redact
 from wgpy.supervisor.election import LeaderElector
-from wgpy.supervisor.events import EventRecorder, lease_ref, redact, secret_ref
+from wgpy.supervisor.events import EventRecorder, lease_ref, secret_ref
 from wgpy.supervisor.http import HttpServer
-from wgpy.supervisor.k8s import SecretController, api_client, pod_namespace
 from wgpy.supervisor.lease import ElectionConfig
+from wgpy.supervisor.secret import SecretController, api_client, pod_namespace
 from wgpy.supervisor.services import DEFAULT_LB_CLASS, ServiceController, ServiceOptions
 from wgpy.supervisor.watch import Obj
 

@@ -21,8 +21,8 @@ import ipaddress
 from ipaddress import IPv4Network, IPv6Network
 from typing import Generic, TypeVar
 
-from wgpy.constants import MAX_ALLOWED_IPS
-from wgpy.errors import CapacityError, ConfigError
+from wgpy.core.constants import MAX_ALLOWED_IPS
+from wgpy.core.errors import CapacityError, ConfigError
 
 __all__ = ["AllowedIPs", "Network"]
 

@@ -17,7 +17,7 @@ Call :meth:`ReplayFilter.validate` only *after* the AEAD open succeeded (wiregua
 
 from __future__ import annotations
 
-from wgpy.constants import REJECT_AFTER_MESSAGES, REPLAY_WINDOW
+from wgpy.core.constants import REJECT_AFTER_MESSAGES, REPLAY_WINDOW
 
 __all__ = ["RING_BLOCKS", "WINDOW", "ReplayFilter"]
 

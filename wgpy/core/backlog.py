@@ -34,9 +34,10 @@ from __future__ import annotations
 
 from collections import deque
 
-from wgpy.peer import Endpoint
+from wgpy.core.constants import UNDER_LOAD_STICKY
+from wgpy.core.peer import Endpoint
 
-__all__ = ["HandshakeBacklog"]
+__all__ = ["HandshakeBacklog", "LoadMeter"]
 
 _ZERO_MAC = bytes(16)
 
@@ -191,3 +192,36 @@ class HandshakeBacklog:
 def is_first_contact(data: bytes | memoryview) -> bool:
     """An initiation or response whose mac2 (its last 16 bytes) is all zeros."""
     return data[0] != 3 and data[-16:] == _ZERO_MAC
+
+
+class LoadMeter:
+    """Whether the device is under load: more than ``rate`` handshake messages arrived within
+    one second, or the backlog grew deep (:meth:`mark`); sticky for ``UNDER_LOAD_STICKY``.
+
+    Arrivals count, not messages worked on: a flood the backlog drops cheaply (one source
+    over its share) still means load.
+    """
+
+    __slots__ = ("_count", "_window_start", "rate", "until")
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._window_start = 0.0
+        self._count = 0
+        self.until = float("-inf")
+
+    def arrival(self, *, now: float) -> None:
+        """Count one arriving handshake message (queued or not)."""
+        if now - self._window_start >= 1.0:
+            self._window_start = now
+            self._count = 0
+        self._count += 1
+        if self._count > self.rate:
+            self.until = now + UNDER_LOAD_STICKY
+
+    def mark(self, *, now: float) -> None:
+        """Under load from now on, for ``UNDER_LOAD_STICKY`` seconds."""
+        self.until = now + UNDER_LOAD_STICKY
+
+    def active(self, now: float) -> bool:
+        return now < self.until

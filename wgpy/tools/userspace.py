@@ -89,9 +89,9 @@ def run(ifname: str, *, foreground: bool, socket_dir: str = SOCKET_DIR) -> int:
     # imported after the root check: an unprivileged user may not even read site-packages
     from tun.base import TunError
     from tun.linux import LinuxTun
-    from wgpy.constants import DEFAULT_MTU
-    from wgpy.device import Device
-    from wgpy.errors import WgpyError
+    from wgpy.core.constants import DEFAULT_MTU
+    from wgpy.core.device import Device
+    from wgpy.core.errors import WgpyError
     from wgpy.io import gro
     from wgpy.io.keylog import KEYLOG_ENV, KeyLogRefused, KeyLogWriter, device_sink, warning_text
     from wgpy.io.loop import DeviceRunner, interface_exists

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from noise import crypto
-from wgpy.device import Device
-from wgpy.peer import Endpoint, Peer
+from wgpy.core.device import Device
+from wgpy.core.peer import Endpoint, Peer
 
 WALL_BASE_NS = 1_700_000_000 * 10**9
 A_ADDR: Endpoint = ("192.0.2.1", 51820)

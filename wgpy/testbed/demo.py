@@ -70,7 +70,7 @@ def run_demo(vpn_node: str, out: IO[str]) -> int:
     """Build, demonstrate, tear down; returns the exit status."""
     from wgpy import testbed
     from wgpy.supervisor.locallock import read_sidecar
-    from wgpy.topology import Topology, tunnels_yaml
+    from wgpy.testbed.topology import Topology, tunnels_yaml
 
     rep = Report(out)
     print(
@@ -181,7 +181,7 @@ def _read(f: IO[str]) -> str:
 
 
 def main(argv: list[str], prog: str = "wgpy demo") -> int:
-    """Entry point of ``wgpy demo`` (registered in :mod:`wgpy.cli`)."""
+    """Entry point of ``wgpy demo`` (registered in :mod:`wgpy.tools.cli`)."""
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--vpn-node",

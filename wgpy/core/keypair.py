@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from noise.crypto import TransportCipher
 from noise.handshake import SessionKeys
-from wgpy.replay import ReplayFilter
+from wgpy.core.replay import ReplayFilter
 
 
 @dataclass(frozen=True, slots=True, repr=False)

@@ -1,0 +1,1 @@
+"""The command-line tools: ``wgpy`` and its subcommands, ``wgpy-userspace``, wg-quick configs."""
