@@ -1,6 +1,7 @@
-"""TSO reads (tun.offload) across implementations: wgpy reads TCP super-packets from its TUN,
-splits and checksums them, and wireguard-go (Debian's build, and upstream's when its path is
-known) takes them; then the other way. IPv4 and IPv6 inside the tunnel, SHA-256 checked.
+"""TSO reads (tun.offload, ``WGPY_TUN_TSO=1``) across implementations: wgpy reads TCP
+super-packets from its TUN, splits and checksums them, and wireguard-go (Debian's build, and
+upstream's when its path is known) takes them; then the other way. IPv4 and IPv6 inside the
+tunnel, SHA-256 checked.
 
 Upstream's binary: ``WGPY_UPSTREAM_WIREGUARD_GO`` or the team's build beside the project
 (``../shared/tools/wireguard-go-0.0.20250522``); without it those cases are skipped.
@@ -28,6 +29,7 @@ PEERS = {
     "upstream": [UPSTREAM],
 }
 NBYTES = 48 << 20
+WGPY_TSO = ["env", "WGPY_TUN_TSO=1", *IMPLS["wgpy"]]  # opt-in (wgpy.io.gro.tso_wanted)
 
 _SINK = """
 import hashlib, socket, sys
@@ -87,7 +89,7 @@ def test_tcp_with_tso_reads_across_implementations(
 ) -> None:
     if peer == "upstream" and not os.access(UPSTREAM, os.X_OK):
         pytest.skip(f"no upstream wireguard-go at {UPSTREAM}")
-    with tb.make_pair(IMPLS["wgpy"], PEERS[peer]) as p:
+    with tb.make_pair(WGPY_TSO, PEERS[peer]) as p:
         p.wait_handshake()
         if version == 4:
             sent_r, got_r = tcp_transfer(p, NBYTES, a_to_b=wgpy_sends)
@@ -111,7 +113,7 @@ def test_tcp_with_tso_reads_across_implementations(
 def test_the_ordinary_path_splits_tso_reads_too() -> None:
     """With the fast path off (``WGPY_FASTPATH=0``) ``LinuxTun.read`` splits the super-packets
     and hands the Device one segment per call."""
-    wgpy = ["env", "WGPY_FASTPATH=0", *IMPLS["wgpy"]]
+    wgpy = ["env", "WGPY_FASTPATH=0", *WGPY_TSO]
     with tb.make_pair(wgpy, IMPLS["wireguard-go"]) as p:
         p.wait_handshake()
         sent, got = tcp_transfer(p, 16 << 20, a_to_b=True)

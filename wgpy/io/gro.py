@@ -55,8 +55,11 @@ def wanted() -> bool:
 
 def tso_wanted() -> bool:
     """Whether those TUNs also take send offloads (``TUNSETOFFLOAD``, super-packets on reads,
-    :mod:`tun.offload`): yes unless ``WGPY_TUN_TSO=0`` (or ``WGPY_TUN_GRO=0``)."""
-    return wanted() and os.environ.get("WGPY_TUN_TSO", "1") != "0"
+    :mod:`tun.offload`): only with ``WGPY_TUN_TSO=1`` (and GRO not off). Off by default: in
+    Python the split costs about what the reads it saves cost (TCP CPU per GB unchanged), and
+    with ``TUN_F_CSUM`` every other locally sent TCP/UDP packet needs its checksum computed
+    here (UDP at 500 Mbit/s lost throughput; docs/benchmarks.md, section 9)."""
+    return wanted() and os.environ.get("WGPY_TUN_TSO", "0") == "1"
 
 
 def ones_sum(data: bytes | bytearray | memoryview) -> int:
