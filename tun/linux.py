@@ -83,6 +83,8 @@ class LinuxTun:
     more (one fd per worker, as boringtun).
 
     ``vnet_hdr=True`` adds ``IFF_VNET_HDR`` (module docstring); ``vnet_hdr`` tells which.
+    ``offload=True`` (with ``vnet_hdr``) asks for send offloads: TSO/USO super-packets on reads
+    (module docstring); ``offload`` tells which flags the kernel took.
     """
 
     def __init__(
