@@ -74,9 +74,9 @@ from wgpy.core.device import Device
 from wgpy.core.drops import Drop
 from wgpy.core.keypair import Keypair
 from wgpy.core.peer import Endpoint, Peer
+from wgpy.io.bind import Bind, DatagramSocket
 from wgpy.io.faults import FaultLog
 from wgpy.io.gro import NEEDS_CSUM, TcpCoalescer
-from wgpy.io.udp import UdpBind
 
 SOL_UDP = 17
 UDP_SEGMENT = 103
@@ -122,7 +122,7 @@ class FastPath:
         self,
         device: Device,
         tun: TunDevice,
-        bind: UdpBind,
+        bind: Bind,
         *,
         clock: Callable[[], float],
         hand_over: Callable[[], None] | None = os.sched_yield,
@@ -438,7 +438,7 @@ class FastPath:
 
     # --- receiving -----------------------------------------------------------------------------
 
-    def on_udp(self, sock: socket.socket) -> None:
+    def on_udp(self, sock: DatagramSocket) -> None:
         """Receive, open and write to the TUN up to ``BATCH`` UDP reads' worth of datagrams.
 
         When packets were written, the TUN is read right away, before the bookkeeping: a
@@ -616,7 +616,7 @@ def _raw_file(tun: TunDevice) -> io.FileIO | None:
     return io.FileIO(tun.fileno(), "r+b", closefd=False)
 
 
-def enable_gro(sock: socket.socket) -> bool:
+def enable_gro(sock: DatagramSocket) -> bool:
     """Ask the kernel for coalesced receives (``UDP_GRO``); False where unsupported."""
     with contextlib.suppress(OSError):
         sock.setsockopt(SOL_UDP, UDP_GRO, 1)
@@ -624,7 +624,7 @@ def enable_gro(sock: socket.socket) -> bool:
     return False
 
 
-def disable_gro(sock: socket.socket) -> None:
+def disable_gro(sock: DatagramSocket) -> None:
     """Turn ``UDP_GRO`` off again (for a reader that takes one datagram per read)."""
     with contextlib.suppress(OSError):
         sock.setsockopt(SOL_UDP, UDP_GRO, 0)

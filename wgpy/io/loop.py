@@ -28,6 +28,7 @@ from typing import Any
 from tun.base import TunDevice, TunError
 from wgpy.core import configure, uapi
 from wgpy.core.device import Device
+from wgpy.io.bind import Bind, DatagramSocket
 from wgpy.io.fastpath import FastPath, disable_gro, enable_gro
 from wgpy.io.faults import FaultLog, describe
 from wgpy.io.uapi_server import UapiServer
@@ -86,13 +87,16 @@ class DeviceRunner:
         link_alive: Callable[[], bool] | None = None,
         fast_path: bool | None = None,
         may_send: Callable[[], bool] | None = None,
+        bind: Bind | None = None,
     ) -> None:
         """``may_send``: asked (thread-safe, cheap) before datagrams leave; when it says no
-        they are dropped and counted in ``fenced`` (the supervisor's leadership fence)."""
+        they are dropped and counted in ``fenced`` (the supervisor's leadership fence).
+        ``bind``: the UDP endpoints (:mod:`wgpy.io.bind`); the kernel's sockets by default,
+        a :class:`~wgpy.io.membind.MemoryBind` in tests."""
         self.device = device
         self.tun = tun
         self.clock = clock
-        self.bind = UdpBind()
+        self.bind: Bind = UdpBind() if bind is None else bind
         if fast_path is None:
             fast_path = os.environ.get("WGPY_FASTPATH", "1") != "0"
         hand_over = os.sched_yield if os.environ.get("WGPY_HAND_OVER", "1") != "0" else None
@@ -200,8 +204,7 @@ class DeviceRunner:
                 return
             receive(packet, now=now)
 
-    def _on_udp(self, sock: object) -> None:
-        assert isinstance(sock, socket.socket)
+    def _on_udp(self, sock: DatagramSocket) -> None:
         recvfrom = sock.recvfrom
         receive = self.device.receive_datagram
         queue = self.device.queue_handshake  # worked on after the data, within a budget
