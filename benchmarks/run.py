@@ -249,17 +249,26 @@ def tool_version(argv: list[str]) -> str:
     )
 
 
+def _git(root: str, *args: str) -> str:
+    """``git -C root ARGS``'s output, "" when it fails (not a checkout, no git)."""
+    try:
+        res = tb.run(["git", "-C", root, *args], check=False, timeout=10)
+    except tb.TestbedError:
+        return ""
+    return (res.stdout or "").strip() if res.returncode == 0 else ""
+
+
 def impl_version(argv: list[str]) -> str:
     """What a case's argv runs: ``wgpy COMMIT`` for wgpy (``+`` when the tree has changes),
     else the binary's path and the first line of its ``--version``."""
     words = [w for w in argv if w != "env" and "=" not in w]
     if any("wgpy" in w for w in words[:3]):
-        root = Path(__file__).resolve().parent.parent
-        commit = tool_version(["git", "-C", str(root), "rev-parse", "--short", "HEAD"])
-        dirty = tool_version(["git", "-C", str(root), "status", "--porcelain", "--", "wgpy", "tun"])
+        root = str(Path(__file__).resolve().parent.parent)
+        commit = _git(root, "rev-parse", "--short", "HEAD") or "(not a git checkout)"
+        dirty = "+" if _git(root, "status", "--porcelain", "--", "wgpy", "tun") else ""
         pythonpath = [w for w in argv if w.startswith("PYTHONPATH=")]
         where = f" ({pythonpath[0]})" if pythonpath else ""
-        return f"wgpy {commit}{'+' if dirty != 'unknown' else ''}{where}"
+        return f"wgpy {commit}{dirty}{where}"
     exe = words[0] if words else "?"
     return f"{shutil.which(exe) or exe}: {tool_version([exe, '--version'])}"
 

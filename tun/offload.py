@@ -24,9 +24,11 @@ a row of its own buffer, zero-padded to the row's end (a multiple of 16, as Wire
 The checksums are the costly part in Python (``int.from_bytes(...) % 0xFFFF``: about 3 µs
 per 1400 bytes). The rows are equally long and zero-padded, so all segments of one read are
 summed at once as a 2-D array of 16-bit words with numpy (about 0.2 µs per segment); each
-row's sum then only needs the pseudo-header added. Without numpy the rows are summed one by
-one (correct, slow). Both sum little-endian words, which gives the byte-swapped ones'-complement sum
-(RFC 1071: the sum is independent of byte order), swapped back per row.
+row's sum then only needs the pseudo-header added. numpy is optional (``wgpy[tso]``): without
+it the rows are summed one by one (correct, slow). Both sum little-endian words, which gives
+the byte-swapped ones'-complement sum (RFC 1071: the sum does not depend on byte order),
+swapped back per row. :meth:`Segmenter.headers_in_place` does the same without copying the
+payload: only the headers are built, to be written in front of each segment where it lies.
 """
 
 from __future__ import annotations
@@ -43,9 +45,10 @@ def _numpy() -> Any:
     if _np is None:
         try:
             _np = importlib.import_module("numpy")
-        except ImportError:  # numpy is a dependency; this keeps tun/ usable without it
+        except ImportError:  # optional (wgpy[tso]): without it the split goes row by row
             _np = False
     return _np or None
+
 
 VNET_HDR = struct.Struct("=BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, offset
 NEEDS_CSUM = 1
