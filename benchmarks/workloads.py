@@ -148,11 +148,10 @@ def iperf_server(t: Target) -> Iterator[None]:
     """An iperf3 server in ``ns_b`` on ``dst_b``; stopped on exit."""
     proc = t.ns_b.popen(["iperf3", "-s", "-B", t.dst_b, "-p", str(IPERF_PORT)])
     try:
-        listening = tb.wait_for(
-            lambda: f":{IPERF_PORT}" in t.ns_b.run(["ss", "-Hltn"]).stdout, 5.0, 0.05
-        )
-        if not listening:
-            raise WorkloadError("iperf3 server did not start")
+        try:
+            _wait_iperf_listening(t)
+        except tb.WaitTimeout:
+            raise WorkloadError("iperf3 server did not start") from None
         yield
     finally:
         proc.terminate()
@@ -170,7 +169,8 @@ _IPERF_RACE = re.compile(
 
 
 def _wait_iperf_listening(t: Target) -> None:
-    tb.wait_for(lambda: f":{IPERF_PORT}" in t.ns_b.run(["ss", "-Hltn"]).stdout, 5.0, 0.05)
+    tb.wait_for(lambda: f":{IPERF_PORT}" in t.ns_b.run(["ss", "-Hltn"]).stdout, 5.0,
+                "iperf3 listening", interval=0.05)
 
 
 def iperf(

@@ -32,6 +32,7 @@ import yaml
 from tests.fakeapi import KINDS, FakeApiServer, parse_field_selector, write_kubeconfig
 from tun.netlink import in_netns
 from wgpy.supervisor.locallock import read_sidecar
+from wgpy.testbed import wait_for
 from wgpy.testbed.topology import Topology, VpnTunnel, tunnels_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,18 +43,6 @@ FORWARD = [
 ]
 RETRY = 0.5
 LEASE = (3.0, 2.0, 0.5)  # duration, renew deadline, retry period (short: keep tests fast)
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``cond`` until truthy (returned) or raise after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 # -- the fake API server with the RBAC of deploy/ ----------------------------------------------

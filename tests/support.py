@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,15 +37,6 @@ def run_async(coro: Callable[[], Awaitable[None]], timeout: float) -> None:
         await asyncio.wait_for(coro(), timeout)
 
     asyncio.run(bounded())
-
-
-async def wait_until(cond: Callable[[], bool], timeout: float = 3.0) -> None:
-    """Poll ``cond`` every 10 ms; AssertionError if it is still false after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.01)
 
 
 NETPROBE = str(Path(__file__).with_name("netprobe.py"))

@@ -19,7 +19,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import pytest
 from tun import netlink
 from wgpy import testbed as tb
 from wgpy.core.keys import generate_private_key, public_key, to_base64
+from wgpy.testbed import WaitTimeout, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -118,9 +118,8 @@ def ifname(env: Env) -> Iterator[str]:
         # The namespace's close stops the daemon, which removes the link; a socket left
         # behind under our unique name would only confuse `wg show all`, so drop it.
         sock = env.sock(name)
-        deadline = time.monotonic() + 3
-        while sock.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        with contextlib.suppress(WaitTimeout):
+            wait_for(lambda: not sock.exists(), 3, interval=0.05)
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()
 
@@ -486,9 +485,8 @@ def wg_show(ns: str, env: Env, *args: str) -> str:
 
 
 def _answers(path: Path) -> bool:
-    deadline = time.monotonic() + 2
-    while path.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    with contextlib.suppress(WaitTimeout):  # a socket of a daemon that exits goes away
+        wait_for(lambda: not path.exists(), 2, interval=0.05)
     if not path.exists():
         return False
     with socket.socket(socket.AF_UNIX) as s:

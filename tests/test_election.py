@@ -1,5 +1,8 @@
 """LeaderElector against the strict fake API server (same loop, kubernetes.aio clients).
 
+The loop runs on virtual time (:mod:`tests.vtime`): the windows below are exact, whatever
+the load on the machine.
+
 Timings are short (lease 2 s, renew deadline 1 s, retry 0.3 s). A shared monitor fails the
 test if two nodes ever lead at once (checked at every start callback and by a sampler).
 """
@@ -16,8 +19,10 @@ import pytest
 from kubernetes.aio import client as _aclient
 
 from tests.fakeapi import CLIENT_HEADER, FakeApiServer
+from tests.vtime import advance, run_virtual
 from wgpy.supervisor.election import LeaderElector
 from wgpy.supervisor.lease import ElectionConfig, LeaseRecord, format_microtime
+from wgpy.testbed import wait_until
 
 aclient: Any = _aclient
 NS, NAME = "kube-system", "plndr-cp-lock"
@@ -72,16 +77,6 @@ class Node:
         await self.api.close()
 
 
-async def wait_for(cond: Callable[[], bool], timeout: float, step: float = 0.02) -> float:
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    while not cond():
-        if loop.time() - start > timeout:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(step)
-    return loop.time()
-
-
 @contextlib.asynccontextmanager
 async def cluster() -> AsyncIterator[tuple[FakeApiServer, Monitor, list[Node]]]:
     srv = FakeApiServer()
@@ -94,7 +89,7 @@ async def cluster() -> AsyncIterator[tuple[FakeApiServer, Monitor, list[Node]]]:
             n = sum(1 for x in nodes if x.elector.is_leader)
             if n > 1:
                 mon.violations.append(f"sampler saw {n} leaders")
-            await asyncio.sleep(0.01)
+            await advance(0.01)
 
     sampler = asyncio.ensure_future(sample())
     try:
@@ -110,7 +105,7 @@ async def cluster() -> AsyncIterator[tuple[FakeApiServer, Monitor, list[Node]]]:
 
 
 def run(test: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(test(), 30))
+    run_virtual(test, 60)
 
 
 def stored(srv: FakeApiServer) -> LeaseRecord:
@@ -126,12 +121,12 @@ def test_one_leader_of_two_loser_gets_409_and_follows() -> None:
             # (missing) Lease: exactly one POST wins, the other gets 409 and stays follower
             srv.inject("GET", r"/leases/", None, times=2, delay=0.2)
             nodes += [Node(srv.url, "a", mon), Node(srv.url, "b", mon)]
-            await wait_for(lambda: bool(mon.leading), 3)
+            await wait_until(lambda: bool(mon.leading), 3)
             leader = next(iter(mon.leading))
             follower = "b" if leader == "a" else "a"
             # the loser's POST may reach the server after the winner already leads
-            await wait_for(lambda: ("POST", LEASE_PATH, 409) in srv.responses, 5)
-            await asyncio.sleep(2 * DURATION)      # several renewals, no change of power
+            await wait_until(lambda: ("POST", LEASE_PATH, 409) in srv.responses, 5)
+            await advance(2 * DURATION)      # several renewals, no change of power
             assert mon.leading == {leader} and mon.times("started", follower) == []
             rec = stored(srv)
             assert (rec.holder, rec.transitions, rec.duration_s) == (leader, 0, 2)
@@ -146,14 +141,14 @@ def test_crash_takeover_no_earlier_than_duration_after_last_change() -> None:
         async with cluster() as (srv, mon, nodes):
             a = Node(srv.url, "a", mon)
             nodes.append(a)
-            await wait_for(lambda: mon.leading == {"a"}, 3)
+            await wait_until(lambda: mon.leading == {"a"}, 3)
             b = Node(srv.url, "b", mon)
             nodes.append(b)
-            await asyncio.sleep(1.0)
+            await advance(1.0)
             await a.close(release=False)               # crash: no release
             last = a.elector.last_renew
             assert last is not None
-            taken = await wait_for(lambda: mon.leading == {"b"}, DURATION + 3)
+            taken = await wait_until(lambda: mon.leading == {"b"}, DURATION + 3)
             assert taken >= last + DURATION
             assert taken <= last + DURATION + 2.2 * RETRY + 0.5
             rec = stored(srv)
@@ -166,16 +161,16 @@ def test_graceful_release_immediate_takeover_transitions_0_to_1() -> None:
         async with cluster() as (srv, mon, nodes):
             a = Node(srv.url, "a", mon)
             nodes.append(a)
-            await wait_for(lambda: mon.leading == {"a"}, 3)
+            await wait_until(lambda: mon.leading == {"a"}, 3)
             assert stored(srv).transitions == 0
             b = Node(srv.url, "b", mon)
             nodes.append(b)
-            await asyncio.sleep(0.5)
+            await advance(0.5)
             t0 = mon.now()
             await a.close()
             released = stored(srv)
             assert (released.holder, released.duration_s, released.transitions) == ("", 1, 0)
-            taken = await wait_for(lambda: mon.leading == {"b"}, 3)
+            taken = await wait_until(lambda: mon.leading == {"b"}, 3)
             assert taken - t0 < 2.2 * RETRY + 0.5 < DURATION   # no waiting for expiry
             assert mon.times("stopped", "a")[0] <= mon.times("started", "b")[0]
             rec = stored(srv)
@@ -190,13 +185,13 @@ def test_api_outage_leader_steps_down_at_renew_deadline(fault: str) -> None:
         async with cluster() as (srv, mon, nodes):
             a = Node(srv.url, "a", mon)
             nodes.append(a)
-            await wait_for(lambda: mon.leading == {"a"}, 3)
-            await asyncio.sleep(0.5)
+            await wait_until(lambda: mon.leading == {"a"}, 3)
+            await advance(0.5)
             if fault == "503":
                 srv.inject("*", r"/leases", 503, times=None)
             else:
                 srv.inject("*", r"/leases", None, times=None, delay=10)
-            await wait_for(lambda: not mon.leading, 3)
+            await wait_until(lambda: not mon.leading, 3)
             last = a.elector.last_renew
             assert last is not None
             stopped = mon.times("stopped", "a")[0]
@@ -228,16 +223,16 @@ def test_skewed_client_go_holder_is_respected() -> None:
                                            datetime.now(UTC) + skew),
                                        "leaseTransitions": 4}})
                     last_go_write = mon.now()
-                    await asyncio.sleep(0.3)
+                    await advance(0.3)
 
             go = asyncio.ensure_future(go_holder())
-            await asyncio.sleep(0.1)
+            await advance(0.1)
             nodes.append(Node(srv.url, "py", mon))
-            await asyncio.sleep(2.5)
+            await advance(2.5)
             assert mon.times("started", "py") == []          # never stole it
             renewing = False
             await go
-            taken = await wait_for(lambda: mon.leading == {"py"}, 4)
+            taken = await wait_until(lambda: mon.leading == {"py"}, 4)
             assert taken >= last_go_write + 2.0
             rec = stored(srv)
             assert (rec.holder, rec.transitions) == ("py", 5)
@@ -256,7 +251,7 @@ def test_annotations_survive_and_are_shared() -> None:
             a = Node(srv.url, "a", mon)
             b = Node(srv.url, "b", mon)
             nodes += [a, b]
-            await wait_for(lambda: len(mon.leading) == 1, 3)
+            await wait_until(lambda: len(mon.leading) == 1, 3)
             leader, follower = (a, b) if mon.leading == {"a"} else (b, a)
             leader.elector.set_annotation("wgpy.io/tai64n-floor", "400000006a000000")
 
@@ -265,12 +260,12 @@ def test_annotations_survive_and_are_shared() -> None:
                 ann = obj.get("metadata", {}).get("annotations", {})
                 return bool(ann.get("wgpy.io/tai64n-floor") == "400000006a000000")
 
-            await wait_for(written, 2)
+            await wait_until(written, 2)
             obj = srv.get("leases", NS, NAME)
             assert obj is not None
             assert obj["metadata"]["labels"] == {"team": "net"}
             assert obj["metadata"]["annotations"]["other"] == "x"
-            await wait_for(lambda: follower.elector.annotation("wgpy.io/tai64n-floor")
+            await wait_until(lambda: follower.elector.annotation("wgpy.io/tai64n-floor")
                            == "400000006a000000", 3)
     run(main)
 
@@ -281,8 +276,8 @@ def test_zero_microsecond_wall_clock_never_reaches_the_server() -> None:
             def wall() -> datetime:
                 return datetime.now(UTC).replace(microsecond=0)
             nodes.append(Node(srv.url, "a", mon, wall_clock=wall))
-            await wait_for(lambda: mon.leading == {"a"}, 3)
-            await asyncio.sleep(3 * RETRY)
+            await wait_until(lambda: mon.leading == {"a"}, 3)
+            await advance(3 * RETRY)
             obj = srv.get("leases", NS, NAME)
             assert obj is not None
             assert obj["spec"]["renewTime"].endswith(".000001Z")
@@ -305,15 +300,15 @@ def test_late_reply_does_not_stretch_the_term_past_the_next_leaders() -> None:
         async with cluster() as (srv, mon, nodes):
             a = Node(srv.url, "a", mon, timings=timings)
             nodes.append(a)
-            await wait_for(lambda: mon.leading == {"a"}, 3)
+            await wait_until(lambda: mon.leading == {"a"}, 3)
             b = Node(srv.url, "b", mon, timings=timings)
             nodes.append(b)
-            await wait_for(lambda: b.elector.leader == "a", 3)
+            await wait_until(lambda: b.elector.leader == "a", 3)
             slow = srv.inject("PUT", r"/leases/", None, client="a", delay_after=2.0)
-            await wait_for(lambda: slow.hits == 1, 3)
+            await wait_until(lambda: slow.hits == 1, 3)
             sent = mon.now()
             srv.inject("*", r"/leases", None, client="a", times=None, delay=30)  # cut off
-            await wait_for(lambda: mon.leading == {"b"}, 10)
+            await wait_until(lambda: mon.leading == {"b"}, 10)
             stopped = mon.times("stopped", "a")[0]
             started = mon.times("started", "b")[0]
             assert stopped < started
@@ -340,17 +335,17 @@ def test_kube_vip_holding_the_lock_under_our_name_is_not_us() -> None:
                                        "renewTime": format_microtime(datetime.now(UTC)),
                                        "leaseTransitions": 7}})
                     last_kv_write = mon.now()
-                    await asyncio.sleep(0.3)
+                    await advance(0.3)
 
             kv = asyncio.ensure_future(kube_vip())
-            await asyncio.sleep(0.1)
+            await advance(0.1)
             node = Node(srv.url, "node-1", mon)
             nodes.append(node)
-            await asyncio.sleep(2.5)
+            await advance(2.5)
             assert mon.times("started", "node-1") == []      # never "resumed" kube-vip's term
             renewing = False
             await kv
-            taken = await wait_for(lambda: mon.leading == {"node-1"}, 4)
+            taken = await wait_until(lambda: mon.leading == {"node-1"}, 4)
             assert taken >= last_kv_write + 2.0
             rec = stored(srv)
             assert (rec.holder, rec.transitions) == ("node-1", 8)   # a new term, counted
@@ -365,7 +360,7 @@ def test_leader_steps_down_when_another_process_writes_under_its_name() -> None:
         async with cluster() as (srv, mon, nodes):
             node = Node(srv.url, "node-1", mon)
             nodes.append(node)
-            await wait_for(lambda: mon.leading == {"node-1"}, 3)
+            await wait_until(lambda: mon.leading == {"node-1"}, 3)
             stop = False
 
             async def kube_vip() -> None:
@@ -376,12 +371,12 @@ def test_leader_steps_down_when_another_process_writes_under_its_name() -> None:
                     spec["renewTime"] = format_microtime(datetime.now(UTC))
                     spec["acquireTime"] = format_microtime(datetime.now(UTC) - timedelta(hours=1))
                     srv.seed({**obj, "spec": spec})
-                    await asyncio.sleep(0.2)
+                    await advance(0.2)
 
             kv = asyncio.ensure_future(kube_vip())
             try:
-                await wait_for(lambda: not mon.leading, 3)
-                await asyncio.sleep(1.0)
+                await wait_until(lambda: not mon.leading, 3)
+                await advance(1.0)
                 assert not mon.leading                      # and stays a follower
             finally:
                 stop = True

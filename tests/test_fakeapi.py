@@ -22,6 +22,7 @@ from kubernetes import client as _client
 from kubernetes import watch as _watch
 
 from tests.fakeapi import MICROTIME_RE, FakeApiServer, write_kubeconfig
+from wgpy.testbed import wait_for
 
 # The generated models make every field Optional; these tests assert on concrete values.
 client: Any = _client
@@ -284,8 +285,10 @@ def test_bookmarks_and_timeout(srv: FakeApiServer, api: Any) -> None:
     core.create_namespaced_secret(NS, client.V1Secret(metadata=client.V1ObjectMeta(name="a")))
     rv = core.list_namespaced_secret(NS).metadata.resource_version
 
-    def later() -> None:
-        time.sleep(0.5)
+    types: list[str] = []
+
+    def later() -> None:  # a change once the watch is open and has sent its first bookmark
+        wait_for(lambda: len(types) > 0, 10, "the first event of the watch")
         srv.seed(
             {
                 "apiVersion": "v1",
@@ -300,14 +303,14 @@ def test_bookmarks_and_timeout(srv: FakeApiServer, api: Any) -> None:
     t = threading.Thread(target=later)
     t.start()
     start = time.monotonic()
-    types, rvs = [], []
+    rvs = []
     for e in watch.Watch().stream(
         core.list_namespaced_secret,
         NS,
         resource_version=rv,
         allow_watch_bookmarks=True,
         timeout_seconds=1,
-        _request_timeout=5,
+        _request_timeout=60,
     ):
         types.append(e["type"])
         obj = e["object"]
@@ -318,7 +321,8 @@ def test_bookmarks_and_timeout(srv: FakeApiServer, api: Any) -> None:
         )
     t.join()
     elapsed = time.monotonic() - start
-    assert 0.95 <= elapsed < 3.0  # the stream ended by timeoutSeconds
+    # the stream ended by timeoutSeconds (1 s), not by the client's 60 s request timeout
+    assert 0.95 <= elapsed < 30
     assert "MODIFIED" in types and types.count("BOOKMARK") >= 2
     assert types[0] == "BOOKMARK" and rvs[0] == rv
     assert [int(r) for r in rvs] == sorted(int(r) for r in rvs)  # never goes backwards
@@ -525,7 +529,11 @@ def test_inject_drop_watches_and_requests_log(srv: FakeApiServer, api: Any) -> N
     # drop_watches ends an open stream long before its timeout
     import threading
 
-    threading.Timer(0.3, srv.drop_watches).start()
+    def drop_once_open() -> None:
+        wait_for(lambda: srv._call(lambda: len(srv._watchers)) > 0, 30, "the watch to open")
+        srv.drop_watches()
+
+    threading.Thread(target=drop_once_open, daemon=True).start()
     t = time.monotonic()
     assert (
         list(
@@ -533,13 +541,13 @@ def test_inject_drop_watches_and_requests_log(srv: FakeApiServer, api: Any) -> N
                 co.list_namespaced_lease,
                 NS,
                 resource_version="1",
-                timeout_seconds=10,
-                _request_timeout=15,
+                timeout_seconds=60,
+                _request_timeout=90,
             )
         )
         == []
     )
-    assert time.monotonic() - t < 5
+    assert time.monotonic() - t < 30  # dropped, not ended by the 60 s timeout
 
 
 def test_discovery_and_version(srv: FakeApiServer) -> None:

@@ -26,10 +26,10 @@ from tests.supervisor_support import (
     embedded_scenario,
     kube_scenario,
     start_leader_and_follower,
-    wait_for,
 )
 from tests.support import needs_root
 from wgpy.core.constants import KEEPALIVE_TIMEOUT, REKEY_TIMEOUT
+from wgpy.testbed import wait_for
 from wgpy.testbed.topology import client_ip
 
 DURATION, RENEW, RETRY = LEASE
@@ -197,9 +197,11 @@ def test_tun_deleted_under_the_leader_recovers(embedded: Scenario) -> None:
     with TunnelWatch(sc.topo) as w:
         t0 = time.monotonic()
         sc.topo.nodes["a"].ip("link", "del", "wg0")
-        time.sleep(0.3)  # the link is gone (no route to the VIP) ...
-        assert sc.topo.tcp_request(sc.wg0.vip, 6443, timeout=0.3) is None
-        took = answered_by(sc, "a", timeout=20)  # ... until the supervisor recreates it
+        # the supervisor notices (the device loop ends) ... It may have brought the tunnel
+        # back before any probe of ours would see the gap, so the log is the witness.
+        wait_for(lambda: "ERROR tunnel wg0: device loop ended: " in sc.log("a"), 20,
+                 "node a to notice that wg0 is gone")
+        took = answered_by(sc, "a", timeout=20)  # ... and recreates it
         assert sc.topo.udp_request(sc.wg0.vip, 53) == "node-a"
     log = sc.log("a")
     print(f"\n(d) TUN deleted under the leader: traffic back after {took:.2f} s")
@@ -230,5 +232,8 @@ def test_sigkill_right_after_becoming_leader(kube: KubeScenario) -> None:
         took = answered_by(sc, "a", timeout=30)
     print(f"\n(e) SIGKILL of the new leader mid-handshake (VPN node had roamed to it: "
           f"{handshook}): traffic via node-a after {took:.2f} s")
-    assert took <= DURATION + 6
+    # b's Lease runs out (DURATION), a takes over and handshakes at once. Without the bound on
+    # the Lease, the VPN node would drop a's initiations until a's clock passed b's last
+    # TAI64N: 20 s. Start-up under load takes several seconds, so the limit sits between.
+    assert took <= DURATION + 11
     assert not w.both_up()

@@ -14,6 +14,7 @@ import pytest
 from tests.support import run_async
 from wgpy.supervisor.forward import TcpForwarder, UdpForwarder, make_forwarder
 from wgpy.supervisor.model import Target
+from wgpy.testbed import wait_until
 
 VIP = "127.0.0.2"
 
@@ -207,11 +208,7 @@ def test_tcp_connection_limit_refuses_and_counts() -> None:
         await fwd.start()
         try:
             _r1, w1 = await asyncio.open_connection(VIP, fwd.bound_port)
-            for _ in range(100):  # wait until the first one is counted active
-                if fwd.stats.active == 1:
-                    break
-                await asyncio.sleep(0.01)
-            assert fwd.stats.active == 1
+            await wait_until(lambda: fwd.stats.active == 1)  # the first one counted active
             r2, w2 = await asyncio.open_connection(VIP, fwd.bound_port)
             with contextlib.suppress(ConnectionError):
                 assert await asyncio.wait_for(r2.read(), 3) == b""
@@ -240,7 +237,7 @@ def test_tcp_close_ends_open_connections_and_frees_port() -> None:
         await fwd.start()
         port = fwd.bound_port
         r, w = await asyncio.open_connection(VIP, port)
-        await asyncio.sleep(0.1)
+        await wait_until(lambda: fwd.stats.active == 1)  # accepted and proxied
         await fwd.close()
         with contextlib.suppress(ConnectionError):
             assert await asyncio.wait_for(r.read(), 3) == b""  # closed by the forwarder
@@ -360,10 +357,7 @@ def test_udp_unreachable_target_drops_flow_and_next_uses_other_target() -> None:
             c, p = await udp_client()
             try:
                 c.sendto(b"1", (VIP, fwd.bound_port))  # goes to the dead target: ICMP
-                for _ in range(100):
-                    if fwd.stats.errors:
-                        break
-                    await asyncio.sleep(0.01)
+                await wait_until(lambda: fwd.stats.errors > 0)
                 assert fwd.stats.errors == 1
                 assert fwd.flows == {}
                 assert await udp_ask(c, p, fwd.bound_port, b"2") == b"b:2"
@@ -380,15 +374,6 @@ def test_make_forwarder_rejects_unknown_protocol() -> None:
 
 
 # --- issue 15 point 8: one client cannot exhaust a forwarder ----------------------------------
-
-
-async def _wait(cond: object, timeout: float = 3.0) -> None:
-    assert callable(cond)
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        assert loop.time() < end, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 def test_tcp_per_source_limit_leaves_room_for_other_clients() -> None:
@@ -409,7 +394,7 @@ def test_tcp_per_source_limit_leaves_room_for_other_clients() -> None:
                 _r, w = await asyncio.open_connection(VIP, fwd.bound_port, local_addr=(
                     "127.0.0.1", 0))
                 writers.append(w)
-            await _wait(lambda: fwd.stats.active == 2)
+            await wait_until(lambda: fwd.stats.active == 2)
             r3, w3 = await asyncio.open_connection(VIP, fwd.bound_port,
                                                    local_addr=("127.0.0.1", 0))
             writers.append(w3)
@@ -420,7 +405,7 @@ def test_tcp_per_source_limit_leaves_room_for_other_clients() -> None:
             _r4, w4 = await asyncio.open_connection(VIP, fwd.bound_port,
                                                     local_addr=("127.0.0.3", 0))
             writers.append(w4)
-            await _wait(lambda: fwd.stats.active == 3)
+            await wait_until(lambda: fwd.stats.active == 3)
             assert fwd.per_source == {"127.0.0.1": 2, "127.0.0.3": 1}
         finally:
             for w in writers:
@@ -461,7 +446,7 @@ def test_tcp_idle_connections_are_closed_active_ones_kept() -> None:
             assert fwd.expire(now=700.0) == 1   # only the first: idle since 0
             with contextlib.suppress(ConnectionError):
                 assert await asyncio.wait_for(r1.read(), 3) == b""
-            await _wait(lambda: fwd.stats.active == 1)
+            await wait_until(lambda: fwd.stats.active == 1)
             assert fwd.stats.idle_closed == 1 and fwd.per_source == {"127.0.0.1": 1}
             w2.write(b"z")
             await w2.drain()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from typing import Any
 from kubernetes.aio import client as _aclient
 
 from tests.fakeapi import FakeApiServer
+from tests.vtime import VirtualTimeLoop
 from wgpy.core.errors import ConfigError
 from wgpy.supervisor import metrics
 from wgpy.supervisor.config import parse_tunnels
@@ -154,7 +154,7 @@ def test_http_probes_metrics_stuck_loop_and_failing_status() -> None:
             return st
 
         srv = HttpServer(status, loop=asyncio.get_running_loop(), host="127.0.0.1", port=0,
-                         deadline=0.5)
+                         deadline=5.0)
         port = srv.start()
         base = f"http://127.0.0.1:{port}"
 
@@ -181,15 +181,21 @@ def test_http_probes_metrics_stuck_loop_and_failing_status() -> None:
             assert (await get("/healthz"))[::2] == (503, "status failed: RuntimeError\n")
             assert (await get("/metrics"))[0] == 503
             state["raise"] = False
-            # The supervisor loop blocks for 1.5 s: the probe answers 503 after the 0.5 s
-            # deadline instead of hanging.
-            t, out = in_thread(lambda: (time.monotonic(), fetch(base + "/healthz"),
-                                        time.monotonic()))
-            time.sleep(1.5)              # deliberately blocking the loop
-            await asyncio.to_thread(t.join, 5)
-            start, (code, _, body), end = out[0]
-            assert code == 503 and "unresponsive" in body
-            assert end - start < 1.4
+            # The supervisor loop is stuck (a blocking call) until the probe has answered:
+            # the probe answers 503 at its 0.5 s deadline instead of hanging. That server's
+            # own loop runs on virtual time, so the deadline passes without a real wait.
+            stuck = HttpServer(status, loop=asyncio.get_running_loop(), host="127.0.0.1",
+                               port=0, deadline=0.5, loop_factory=VirtualTimeLoop)
+            answered = threading.Event()
+            t, out = in_thread(lambda: (fetch(f"http://127.0.0.1:{stuck.start()}/healthz"),
+                                        answered.set()))
+            try:
+                assert answered.wait(30)  # deliberately blocking the loop until the answer
+            finally:
+                t.join(30)
+                stuck.stop()
+            code, _, body = out[0][0]
+            assert (code, body) == (503, "event loop unresponsive for 0.5s\n")
             assert (await get("/healthz"))[0] == 200
             # a data-plane fault: still alive (200), but the probe and the metrics say so
             st = sample_status()

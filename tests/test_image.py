@@ -210,7 +210,7 @@ def _wait_for_socket(ctr: str) -> None:
                         check=False, timeout=60)
         return _still_running(ctr) and res.returncode == 0
 
-    assert wait_for(ready, 60, 0.2), "no UAPI socket in the container after 60 s"
+    wait_for(ready, 60, "the UAPI socket in the container", interval=0.2)
 
 
 def _hex(key: str) -> str:
@@ -392,7 +392,7 @@ def test_supervisor_leads_and_connects_under_the_daemonset(image: str, name: str
             lease = srv.get("leases", namespace, "plndr-cp-lock") or {}
             return str(lease.get("spec", {}).get("holderIdentity") or "")
 
-        assert wait_for(lambda: _still_running(ctr) and holder() == NODE_NAME, 90, 0.5), logs()
-        assert wait_for(lambda: vpn.show_dump().peers[0].latest_handshake > 0, 60, 0.5), logs()
-        assert wait_for(lambda: _http_get(ns_node, "/readyz") == 200, 60, 0.5), logs()
+        wait_for(lambda: _still_running(ctr) and holder() == NODE_NAME, 90, logs, interval=0.5)
+        wait_for(lambda: vpn.show_dump().peers[0].latest_handshake > 0, 60, logs, interval=0.5)
+        wait_for(lambda: _http_get(ns_node, "/readyz") == 200, 60, logs, interval=0.5)
         assert _http_get(ns_node, "/healthz") == 200

@@ -11,7 +11,9 @@ from typing import Any
 from kubernetes.aio import client as _aclient
 
 from tests.fakeapi import FakeApiServer
+from tests.vtime import advance, run_virtual
 from wgpy.supervisor.watch import Backoff, Change, Reflector
+from wgpy.testbed import wait_until
 
 aclient: Any = _aclient
 NS = "kube-system"
@@ -24,16 +26,7 @@ def secret(name: str, value: str, ns: str = NS) -> dict[str, Any]:
 
 
 def run(test: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(test(), 30))
-
-
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
+    run_virtual(test, 60)
 
 
 class Recorder:
@@ -83,7 +76,7 @@ def test_list_then_watch_from_list_rv_modified_deleted_unrelated_ignored() -> No
             srv.seed(secret("other", "x"))
             rec = Recorder()
             async with reflect(srv, rec) as r:
-                await wait_for(lambda: len(watches(srv)) == 1)
+                await wait_until(lambda: len(watches(srv)) == 1)
                 list_rv = r.resource_version
                 assert list_rv == str(srv.rv)
                 assert lists(srv)[0].get("fieldSelector") == "metadata.name=wireguard"
@@ -92,14 +85,14 @@ def test_list_then_watch_from_list_rv_modified_deleted_unrelated_ignored() -> No
                 assert rec.changes == [("ADDED", "wireguard", first["metadata"]["resourceVersion"])]
                 mod = srv.seed(secret("wireguard", "b"))
                 srv.seed(secret("other", "y"))          # filtered out by the server
-                await wait_for(lambda: len(rec.changes) == 2)
+                await wait_until(lambda: len(rec.changes) == 2)
                 assert rec.changes[1] == ("MODIFIED", "wireguard",
                                           mod["metadata"]["resourceVersion"])
                 srv.delete("secrets", NS, "wireguard")
-                await wait_for(lambda: len(rec.changes) == 3)
+                await wait_until(lambda: len(rec.changes) == 3)
                 assert rec.changes[2][:2] == ("DELETED", "wireguard")
                 assert r.cache == {}
-                await asyncio.sleep(0.2)
+                await advance(0.2)
                 assert len(rec.changes) == 3 and len(lists(srv)) == 1
                 assert ("other" not in {n for _, n, _ in rec.changes})
     run(main)
@@ -111,18 +104,18 @@ def test_dropped_stream_resumes_from_last_rv_without_duplicates() -> None:
             srv.seed(secret("wireguard", "a"))
             rec = Recorder()
             async with reflect(srv, rec) as r:
-                await wait_for(lambda: len(watches(srv)) == 1)
+                await wait_until(lambda: len(watches(srv)) == 1)
                 mod = srv.seed(secret("wireguard", "b"))
-                await wait_for(lambda: len(rec.changes) == 2)
+                await wait_until(lambda: len(rec.changes) == 2)
                 srv.drop_watches()
-                await wait_for(lambda: len(watches(srv)) == 2)
+                await wait_until(lambda: len(watches(srv)) == 2)
                 # resumed from the rv of the last event, not relisted, nothing replayed
                 assert watches(srv)[1]["resourceVersion"] == mod["metadata"]["resourceVersion"]
                 assert len(lists(srv)) == 1 and r.lists == 1
                 srv.drop_watches()
                 mod2 = srv.seed(secret("wireguard", "c"))  # while no stream is open
-                await wait_for(lambda: len(rec.changes) == 3)
-                await asyncio.sleep(0.2)
+                await wait_until(lambda: len(rec.changes) == 3)
+                await advance(0.2)
                 assert [c[0] for c in rec.changes] == ["ADDED", "MODIFIED", "MODIFIED"]
                 assert rec.changes[2][2] == mod2["metadata"]["resourceVersion"]
                 assert len(lists(srv)) == 1
@@ -136,15 +129,15 @@ def test_410_after_compaction_relists_and_reconciles_gap_deletions() -> None:
             srv.seed(secret("keep", "k"))
             rec = Recorder()
             async with reflect(srv, rec, field_selector=None) as r:
-                await wait_for(lambda: len(watches(srv)) == 1)
+                await wait_until(lambda: len(watches(srv)) == 1)
                 old_rv = r.resource_version
                 # While the stream is down: one deleted, one added, one unchanged; compacted.
                 srv.drop_watches()
                 srv.delete("secrets", NS, "wireguard")
                 added = srv.seed(secret("new", "n"))
                 point = srv.compact()
-                await wait_for(lambda: r.lists == 2)
-                await wait_for(lambda: len(watches(srv)) == 3)
+                await wait_until(lambda: r.lists == 2)
+                await wait_until(lambda: len(watches(srv)) == 3)
                 ws = watches(srv)
                 assert ws[1]["resourceVersion"] == old_rv     # resume tried first: 410
                 assert ws[2]["resourceVersion"] == str(point)  # then watch from the relist
@@ -162,17 +155,17 @@ def test_bookmarks_advance_the_resume_rv() -> None:
             srv.seed(secret("wireguard", "a"))
             rec = Recorder()
             async with reflect(srv, rec) as r:
-                await wait_for(lambda: len(watches(srv)) == 1)
+                await wait_until(lambda: len(watches(srv)) == 1)
                 list_rv = r.resource_version
                 for i in range(3):
                     srv.seed(secret(f"noise{i}", "x"))   # bumps the global rv only
-                await wait_for(lambda: r.resource_version == str(srv.rv))
+                await wait_until(lambda: r.resource_version == str(srv.rv))
                 assert r.resource_version != list_rv and len(rec.changes) == 1
                 srv.compact()   # resuming from the list rv would now be 410; from the bookmark not
                 srv.drop_watches()
-                await wait_for(lambda: len(watches(srv)) == 2)
+                await wait_until(lambda: len(watches(srv)) == 2)
                 assert watches(srv)[1]["resourceVersion"] == str(srv.rv)
-                await asyncio.sleep(0.3)
+                await advance(0.3)
                 assert r.lists == 1 and len(rec.changes) == 1
     run(main)
 
@@ -183,20 +176,20 @@ def test_api_outage_503_backs_off_and_recovers_once() -> None:
             srv.seed(secret("wireguard", "a"))
             rec = Recorder()
             async with reflect(srv, rec, backoff=Backoff(0.1, 0.4)) as r:
-                await wait_for(lambda: len(watches(srv)) == 1)
+                await wait_until(lambda: len(watches(srv)) == 1)
                 srv.inject("GET", PATH, 503, times=None)
                 srv.drop_watches()
                 mod = srv.seed(secret("wireguard", "b"))
-                await asyncio.sleep(1.5)
+                await advance(1.5)
                 refused = [x for x in srv.responses if x[1] == PATH and x[2] == 503]
                 # backoff: a handful of retries in 1.5 s, not a tight loop
                 assert 3 <= len(refused) <= 15, refused
                 assert r.errors == len(refused)
                 srv.clear_injections()
-                await wait_for(lambda: len(rec.changes) == 2)
+                await wait_until(lambda: len(rec.changes) == 2)
                 assert rec.changes[1] == ("MODIFIED", "wireguard",
                                           mod["metadata"]["resourceVersion"])
-                await asyncio.sleep(0.3)
+                await advance(0.3)
                 assert len(rec.changes) == 2 and r.lists == 1
     run(main)
 
@@ -210,7 +203,7 @@ def test_connection_refused_keeps_retrying_without_raising() -> None:
         async with FakeApiServer() as srv:
             rec = Recorder()
             async with reflect(srv, rec, url=f"http://127.0.0.1:{port}") as r:
-                await wait_for(lambda: r.errors >= 3)
+                await wait_until(lambda: r.errors >= 3)
                 assert not r.synced.is_set() and rec.changes == []
     run(main)
 
@@ -241,7 +234,7 @@ def test_list_is_paginated() -> None:
                           on_change=rec, on_synced=rec.on_synced, page_size=3)
             task = asyncio.ensure_future(r.run())
             try:
-                await wait_for(r.synced.is_set)
+                await wait_until(r.synced.is_set)
                 assert sorted(k[1] for k in r.cache) == [f"s{i}" for i in range(7)]
                 pages = lists(srv)
                 assert [q.get("limit") for q in pages] == ["3", "3", "3"]
@@ -267,7 +260,7 @@ def test_a_stalled_list_is_retried() -> None:
                           backoff=Backoff(0.05, 0.2))
             task = asyncio.ensure_future(r.run())
             try:
-                await wait_for(r.synced.is_set, 5)
+                await wait_until(r.synced.is_set, 5)
                 assert r.errors >= 1 and len(lists(srv)) >= 2
             finally:
                 task.cancel()

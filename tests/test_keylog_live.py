@@ -115,10 +115,10 @@ def test_device_key_logs_decrypt_one_capture_in_both_tools(tmp_path: Path) -> No
             dump = ns["a"].popen(["tcpdump", "--immediate-mode", "-U", "-n", "-i", "any",
                                   "-w", str(cap), "udp", "port", str(PORT)], stderr=errf)
         try:
-            assert tb.wait_for(lambda: "listening" in err.read_text(), 15), err.read_text()
+            tb.wait_for(lambda: "listening" in err.read_text(), 15, err.read_text)
             # handshakes: B initiates to A, A initiates to wireguard-go (preshared key)
-            assert tb.wait_for(lambda: _ping(ns["b"], TUN["a"]), 30, 0.0)
-            assert tb.wait_for(lambda: _ping(ns["a"], TUN["c"]), 30, 0.0)
+            tb.wait_for(lambda: _ping(ns["b"], TUN["a"]), 30, interval=0.0)
+            tb.wait_for(lambda: _ping(ns["a"], TUN["c"]), 30, interval=0.0)
             for src, dst in (("b", "a"), ("a", "b"), ("a", "c"), ("c", "a")):
                 _send(ns[src], TUN[dst], f"{src}->{dst}")
             want = {"b->a", "a->b", "a->c", "c->a"}
@@ -129,7 +129,7 @@ def test_device_key_logs_decrypt_one_capture_in_both_tools(tmp_path: Path) -> No
                     return _found(decode_file(str(cap), Decoder([], log))) == want
                 return False
 
-            assert tb.wait_for(all_captured, 30, 0.2), "the known payloads never showed up"
+            tb.wait_for(all_captured, 30, "the known payloads in the capture", interval=0.2)
         finally:
             dump.terminate()
             dump.wait(10)

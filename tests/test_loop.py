@@ -79,11 +79,11 @@ def test_the_fast_paths_refusals_reach_the_stats_counters() -> None:
 def test_an_exception_escaping_the_fast_path_switches_it_off() -> None:
     """The loop survives it, counts it, and from then on the ordinary path reads the socket."""
     import threading
-    import time
 
     from tun.memory import MemoryTun
     from wgpy.core.device import Device
     from wgpy.io.loop import DeviceRunner
+    from wgpy.testbed import wait_for
 
     runner = DeviceRunner(Device(wall_time_ns=lambda: 0), MemoryTun("off0"), fast_path=True)
     fast = runner.fast
@@ -100,19 +100,25 @@ def test_an_exception_escaping_the_fast_path_switches_it_off() -> None:
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
 
-        def poll(cond: Callable[[], bool]) -> None:
-            deadline = time.monotonic() + 10
-            while not cond():
-                assert time.monotonic() < deadline, runner.io_counters()
+        def nudged(cond: Callable[[], bool]) -> Callable[[], bool]:
+            def check() -> bool:
+                if cond():
+                    return True
                 sender.sendto(b"\x04\x00\x00\x00junk", ("127.0.0.1", port))  # too short
-                time.sleep(0.02)
+                return False
 
-        poll(lambda: runner.fast is None)
+            return check
+
+        def counters() -> str:
+            return str(runner.io_counters())
+
+        wait_for(nudged(lambda: runner.fast is None), 10, counters)
         counters = runner.io_counters()
         assert counters["fastpath_off"] == 1 and counters["internal_errors"] >= 1
         assert "RuntimeError: injected" in runner.fast_off_reason
         before = runner.device.drops["malformed"]
-        poll(lambda: runner.device.drops["malformed"] > before)  # the ordinary path reads
+        # the ordinary path reads
+        wait_for(nudged(lambda: runner.device.drops["malformed"] > before), 10, counters)
         assert thread.is_alive()
     finally:
         sender.close()

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from noise import tai64n
-from tests.support import run_async, wait_until
+from tests.vtime import advance, run_virtual
 from wgpy.supervisor.config import Forward, Tunnel
 from wgpy.supervisor.forward import Forwarder, TcpForwarder, UdpForwarder
 from wgpy.supervisor.manager import (
@@ -28,12 +28,13 @@ from wgpy.supervisor.manager import (
     parse_floor,
 )
 from wgpy.supervisor.model import ForwardRule, Target, TunnelStatus
+from wgpy.testbed import wait_until
 
 NS = 1_000_000_000
 T0 = 1_700_000_000 * NS
 
 
-run = partial(run_async, timeout=20)
+run = partial(run_virtual, timeout=60)
 
 
 def tunnel(
@@ -309,7 +310,7 @@ def test_follower_starts_nothing_and_is_ready() -> None:
         h = Harness()
         async with running(h):
             await h.sup.apply_tunnels({"wg0": tunnel("wg0", "127.0.0.5/32")})
-            await asyncio.sleep(0.05)
+            await advance(0.05)
             assert h.log == []
             st = h.sup.status()
             assert st.config_loaded and not st.leader and st.ready
@@ -322,7 +323,7 @@ def test_no_election_before_a_configuration() -> None:
     async def main() -> None:
         h = Harness()
         async with running(h):
-            await asyncio.sleep(0.05)
+            await advance(0.05)
             assert h.el.runs == 0
             assert not h.sup.status().ready
             h.sup.apply_tunnels({"wg0": tunnel("wg0", "127.0.0.5/32")})
@@ -437,7 +438,7 @@ def test_config_changes_touch_only_what_changed() -> None:
             # an invalid update is rejected: counted, nothing touched
             before = list(h.log)
             h.sup.reject_config("tunnel wg9: vip 'x' must be in CIDR form")
-            await asyncio.sleep(0.05)
+            await advance(0.05)
             assert h.log == before
             st = h.sup.status()
             assert st.config_rejections == 1 and "wg9" in st.last_config_error
@@ -565,14 +566,14 @@ def test_bound_is_renewed_before_the_device_can_reach_it() -> None:
             for step in range(1, 30):
                 h.wall[0] = T0 + step * NS
                 rt.last_timestamp_sent = tai64n.stamp(h.wall[0])
-                await asyncio.sleep(0.08)  # > floor_check
+                await advance(0.08)  # > floor_check
                 assert bound() - tai64n.to_unix_ns(rt.last_timestamp_sent) >= 5 * NS - 2**24
             assert bound() > first + 20 * NS
             # a device whose clock is behind the floor only steps 2**24 ns per initiation:
             # the bound does not need to move for that
             before = bound()
             rt.last_timestamp_sent = tai64n.increment(rt.last_timestamp_sent)
-            await asyncio.sleep(0.08)
+            await advance(0.08)
             assert bound() == before
 
     run(main)
@@ -628,11 +629,11 @@ def test_a_stalled_handshake_is_reported_once(caplog: pytest.LogCaptureFixture) 
             await wait_until(lambda: h.sup.running == ["wg0"])
             rt = h.runtimes["wg0"][0]
             rt.attempts = 2
-            await asyncio.sleep(0.15)
+            await advance(0.15)
             assert "handshake stalled" not in caplog.text
             rt.attempts = 3
             await wait_until(lambda: "handshake stalled" in caplog.text)
-            await asyncio.sleep(0.15)
+            await advance(0.15)
             assert caplog.text.count("handshake stalled") == 1
             rt.handshakes, rt.attempts = 1, 0
             await wait_until(lambda: "handshake completed" in caplog.text)

@@ -41,9 +41,9 @@ from tests.supervisor_support import (
     deploy_rbac,
     secret,
     slice_,
-    wait_for,
 )
 from tun.netlink import in_netns
+from wgpy.testbed import wait_for
 from wgpy.testbed.topology import VPN_IP, Topology
 
 pytestmark = [

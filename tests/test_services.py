@@ -12,6 +12,7 @@ import pytest
 from kubernetes.aio import client as _aclient
 
 from tests.fakeapi import FakeApiServer
+from tests.vtime import advance, run_virtual
 from wgpy.supervisor.config import parse_tunnels
 from wgpy.supervisor.model import ForwardRule, Target
 from wgpy.supervisor.services import (
@@ -26,6 +27,7 @@ from wgpy.supervisor.services import (
     service_ips,
 )
 from wgpy.supervisor.watch import Backoff
+from wgpy.testbed import wait_until
 
 aclient: Any = _aclient
 VIP, VIP2 = "10.200.0.1", "10.200.0.2"
@@ -193,17 +195,8 @@ def tunnels_yaml(*vips: str) -> str:
         f"allowedIPs: ['10.{100 + i}.0.0/16']}}\n" for i, v in enumerate(vips))
 
 
-async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
 def run(test: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(test(), 30))
+    run_virtual(test, 60)
 
 
 @contextlib.asynccontextmanager
@@ -237,15 +230,15 @@ def test_only_the_leader_watches_services_and_endpointslices() -> None:
             sink = Sink()
             async with controller(srv, sink, ServiceOptions(cp_enable=False)) as c:
                 await c.set_tunnels(parse_tunnels(tunnels_yaml(VIP)))
-                await asyncio.sleep(0.3)
+                await advance(0.3)
                 assert svc_requests(srv) == [] and sink.calls == []
                 await c.set_leader(True)
-                await wait_for(lambda: (53, "UDP") in sink.ports(VIP))
+                await wait_until(lambda: (53, "UDP") in sink.ports(VIP))
                 assert len(svc_requests(srv)) >= 2
                 await c.set_leader(False)
                 assert not c.services.synced.is_set() and c.services.cache == {}
                 n = len(svc_requests(srv))
-                await asyncio.sleep(0.3)
+                await advance(0.3)
                 # no new LIST (open watch streams may still be logged as they end)
                 assert svc_requests(srv)[n:] == []
     run(main)
@@ -268,18 +261,18 @@ def test_controller_live_rules_status_only_as_leader_and_unchanged_not_rewritten
             sink = Sink()
             async with controller(srv, sink) as c:
                 await c.set_tunnels(parse_tunnels(tunnels_yaml(VIP)))
-                await wait_for(c.cp_slices.synced.is_set)
-                await asyncio.sleep(0.3)
+                await wait_until(c.cp_slices.synced.is_set)
+                await advance(0.3)
                 assert status_puts(srv) == []          # follower: no writes...
                 assert svc_requests(srv) == []         # ...and no Service/slice watches
                 assert sink.calls == []
                 await c.set_leader(True)
-                await wait_for(lambda: len(sink.ports(VIP)) == 3)
+                await wait_until(lambda: len(sink.ports(VIP)) == 3)
                 assert sink.ports(VIP) == {
                     (53, "UDP"): {Target("10.1.0.1", 5353)},
                     (80, "TCP"): {Target("10.1.0.1", 8080)},
                     (6443, "TCP"): {Target("192.168.1.10", 6443)}}
-                await wait_for(lambda: len(status_puts(srv)) == 1)
+                await wait_until(lambda: len(status_puts(srv)) == 1)
                 n_calls = len(sink.calls)
                 stored = srv.get("services", "apps", "dns")
                 assert stored is not None
@@ -290,20 +283,20 @@ def test_controller_live_rules_status_only_as_leader_and_unchanged_not_rewritten
                 # a new ready endpoint and an unready one: live update, status not rewritten
                 srv.seed(eps("dns", [("10.1.0.1", True), ("10.1.0.2", True),
                                      ("10.1.0.3", False)], DNS_SLICE_PORTS, ns="apps"))
-                await wait_for(lambda: len(sink.ports(VIP)[(53, "UDP")]) == 2)
+                await wait_until(lambda: len(sink.ports(VIP)[(53, "UDP")]) == 2)
                 assert sink.ports(VIP)[(53, "UDP")] == {Target("10.1.0.1", 5353),
                                                         Target("10.1.0.2", 5353)}
                 srv.seed(eps("kubernetes", [("192.168.1.11", True)],
                              [{"name": "https", "port": 6443, "protocol": "TCP"}]))
-                await wait_for(lambda: sink.ports(VIP)[(6443, "TCP")]
+                await wait_until(lambda: sink.ports(VIP)[(6443, "TCP")]
                                == {Target("192.168.1.11", 6443)})
-                await asyncio.sleep(0.3)
+                await advance(0.3)
                 assert len(status_puts(srv)) == 1
                 assert len(sink.calls) == n_calls + 2  # one push per real change
                 # type change away from LoadBalancer: its ports go, the control plane stays
                 srv.seed(svc("dns", DNS, ns="apps", typ="ClusterIP",
                              ann={"kube-vip.io/loadbalancerIPs": VIP}))
-                await wait_for(lambda: set(sink.ports(VIP)) == {(6443, "TCP")})
+                await wait_until(lambda: set(sink.ports(VIP)) == {(6443, "TCP")})
                 # the tunnel goes away: its VIP is emptied
                 assert sink.problems == {}
                 await c.set_tunnels(parse_tunnels(tunnels_yaml(VIP2)))
@@ -312,7 +305,7 @@ def test_controller_live_rules_status_only_as_leader_and_unchanged_not_rewritten
                 assert set(sink.ports(VIP2)) == set()
                 assert "matches no tunnel VIP" in sink.problems["vip_address"]
                 await c.set_tunnels(parse_tunnels(tunnels_yaml(VIP)))
-                await wait_for(lambda: set(sink.ports(VIP)) == {(6443, "TCP")})
+                await wait_until(lambda: set(sink.ports(VIP)) == {(6443, "TCP")})
                 assert sink.problems == {}
     run(main)
 
@@ -330,9 +323,9 @@ def test_controller_status_write_refused_by_rbac_is_survived() -> None:
             async with controller(srv, sink, ServiceOptions(cp_enable=False)) as c:
                 await c.set_tunnels(parse_tunnels(tunnels_yaml(VIP)))
                 await c.set_leader(True)
-                await wait_for(lambda: (80, "TCP") in sink.ports(VIP))
+                await wait_until(lambda: (80, "TCP") in sink.ports(VIP))
                 # the rules are pushed before the status is written: wait for the refusal
-                await wait_for(lambda: ("PUT", "/api/v1/namespaces/default/services/web/status",
+                await wait_until(lambda: ("PUT", "/api/v1/namespaces/default/services/web/status",
                                         403) in srv.responses)
                 assert c.status_writes == 0
     run(main)

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.supervisor_support import TunnelWatch, wait_for
+from tests.supervisor_support import TunnelWatch
 from tests.test_seed_e2e import Seed, seed_cluster
+from wgpy.testbed import wait_for
 
 pytestmark = [
     pytest.mark.interop,

@@ -23,12 +23,12 @@ from tests.supervisor_support import (
     answered_by,
     embedded_scenario,
     start_leader_and_follower,
-    wait_for,
 )
 from tests.support import needs_root
 from wgpy.core.errors import ConfigError
 from wgpy.supervisor import main as sup_main
 from wgpy.supervisor.locallock import read_sidecar
+from wgpy.testbed import wait_for
 from wgpy.testbed.topology import CLIENT_NETS, client_ip, tunnels_yaml
 
 

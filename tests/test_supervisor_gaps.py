@@ -43,6 +43,7 @@ from wgpy.supervisor.kubemode import KubeSettings, run_kubernetes_mode
 from wgpy.supervisor.manager import FLOOR_ANNOTATION, Supervisor, parse_floor
 from wgpy.supervisor.model import ForwardStats, SupervisorStatus, TunnelStatus
 from wgpy.supervisor.pinroute import covers
+from wgpy.testbed import wait_until
 from wgpy.testbed.topology import CLIENT_NETS, VPN_IP, tunnels_yaml
 
 KEY = "YAZz1bqVoCv2ko9Phlp+EzYKYxyGlqMixBPOSTMhhEA="
@@ -123,11 +124,10 @@ def test_tai64n_bound_is_on_the_lease_before_the_first_initiation(tmp_path: Path
         async def main() -> None:
             stop = asyncio.Event()
             task = asyncio.ensure_future(run_kubernetes_mode(settings, factory, stop=stop))
-            for _ in range(200):
-                if seen:
-                    break
-                await asyncio.sleep(0.05)
-            stop.set()
+            try:
+                await wait_until(lambda: bool(seen), 10, "the tunnel to start")
+            finally:
+                stop.set()
             assert await asyncio.wait_for(task, 15) == 0
 
         asyncio.run(main())
@@ -166,8 +166,7 @@ def test_missing_then_deleted_secret_is_ready_with_no_tunnels(tmp_path: Path) ->
             loop = asyncio.get_running_loop()
             stop = asyncio.Event()
             task = asyncio.ensure_future(run_kubernetes_mode(settings, factory, stop=stop))
-            while not managers:
-                await asyncio.sleep(0.01)
+            await wait_until(lambda: bool(managers), 10, "the manager")
             m = managers[0]
             assert not m.status().ready  # nothing read yet
             http = HttpServer(m.status, loop=loop, host="127.0.0.1", port=0)
@@ -176,14 +175,8 @@ def test_missing_then_deleted_secret_is_ready_with_no_tunnels(tmp_path: Path) ->
                 async def readyz() -> tuple[int, str]:
                     return await asyncio.to_thread(_get, port, "/readyz")
 
-                async def until(cond: Any, what: str) -> None:
-                    for _ in range(200):
-                        if cond():
-                            return
-                        await asyncio.sleep(0.05)
-                    raise AssertionError(what)
-
-                await until(lambda: m.status().ready and m.is_leader, "ready leader, no Secret")
+                await wait_until(lambda: m.status().ready and m.is_leader,
+                                 what="ready leader, no Secret")
                 code, text = await readyz()
                 assert code == 200, text
                 assert "no tunnels configured: secret kube-system/wireguard not found" in text
@@ -191,11 +184,11 @@ def test_missing_then_deleted_secret_is_ready_with_no_tunnels(tmp_path: Path) ->
                     "vip": "10.200.0.1/32", "privateKey": KEY, "peerPublicKey": PUB,
                     "peerEndpoint": "10.99.0.1:51820", "listenPort": 51820,
                     "allowedIPs": ["10.100.0.0/16"]}})))
-                await until(lambda: m.running == ["wg0"], "wg0 up once the Secret exists")
+                await wait_until(lambda: m.running == ["wg0"], what="wg0 up once the Secret exists")
                 code, text = await readyz()
                 assert (code, text) == (200, "ready\n")
                 srv.delete("secrets", NS, "wireguard")
-                await until(lambda: m.running == [], "everything down after the delete")
+                await wait_until(lambda: m.running == [], what="everything down after the delete")
                 code, text = await readyz()
                 assert code == 200 and "secret kube-system/wireguard not found" in text
             finally:

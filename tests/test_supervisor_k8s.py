@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from tests.support import needs_root
 from wgpy.supervisor.kubemode import KubeSettings, run_kubernetes_mode
 from wgpy.supervisor.manager import Supervisor
 from wgpy.supervisor.model import ForwardStats, Target, TunnelStatus
+from wgpy.testbed import wait_for, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 NS = "kube-system"
@@ -81,15 +83,6 @@ class StubForwarder:
         pass
 
 
-async def wait_for(cond: Callable[[], bool], timeout: float = 8.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
 def run(test: Callable[[], Awaitable[None]], timeout: float = 60) -> None:
     asyncio.run(asyncio.wait_for(test(), timeout))
 
@@ -135,7 +128,7 @@ def test_kubernetes_mode_wiring_under_deploy_rbac(tmp_path: Path) -> None:
 
             stop = asyncio.Event()
             task = asyncio.ensure_future(run_kubernetes_mode(settings, factory, stop=stop))
-            await wait_for(lambda: bool(managers) and managers[0].running == ["wg0"])
+            await wait_until(lambda: bool(managers) and managers[0].running == ["wg0"])
             m = managers[0]
             fwd: dict[tuple[int, str], Any] = {}
 
@@ -145,16 +138,16 @@ def test_kubernetes_mode_wiring_under_deploy_rbac(tmp_path: Path) -> None:
                 if live is not None:
                     fwd.update(live.forwarders)
                 return fwd
-            await wait_for(lambda: set(forwarders()) == {(53, "UDP"), (6443, "TCP")})
+            await wait_until(lambda: set(forwarders()) == {(53, "UDP"), (6443, "TCP")})
             assert fwd[(53, "UDP")].targets == (Target("10.1.0.7", 5353),)
             assert fwd[(6443, "TCP")].targets == (Target("192.168.5.5", 6443),)
             assert fwd[(53, "UDP")].host == "10.200.0.1"
-            await wait_for(lambda: "ingress" in str(srv.get("services", "default", "dns")))
-            await wait_for(lambda: any(e["reason"] == "LeaderElected" for e in events(srv)))
+            await wait_until(lambda: "ingress" in str(srv.get("services", "default", "dns")))
+            await wait_until(lambda: any(e["reason"] == "LeaderElected" for e in events(srv)))
             # an invalid edit: rejected, Warning Event, the tunnel stays
             srv.seed(secret(f"wg0: {{vip: 10.200.0.1/32, privateKey: '{KEY}'}}\n"))
-            await wait_for(lambda: m.status().config_rejections == 1)
-            await wait_for(lambda: any(e["reason"] == "InvalidConfig" for e in events(srv)))
+            await wait_until(lambda: m.status().config_rejections == 1)
+            await wait_until(lambda: any(e["reason"] == "InvalidConfig" for e in events(srv)))
             warn = next(e for e in events(srv) if e["reason"] == "InvalidConfig")
             assert warn["type"] == "Warning" and 'missing required field "peerPublicKey"' in \
                 warn["message"]
@@ -162,9 +155,9 @@ def test_kubernetes_mode_wiring_under_deploy_rbac(tmp_path: Path) -> None:
             assert m.running == ["wg0"]
             # a new endpoint, then the Secret deleted: everything torn down
             srv.seed(slice_("dns", ["10.1.0.7", "10.1.0.8"], [("p53", 5353, "UDP")]))
-            await wait_for(lambda: len(forwarders()[(53, "UDP")].targets) == 2)
+            await wait_until(lambda: len(forwarders()[(53, "UDP")].targets) == 2)
             srv.delete("secrets", NS, "wireguard")
-            await wait_for(lambda: m.running == [])
+            await wait_until(lambda: m.running == [])
             stop.set()
             assert await asyncio.wait_for(task, 10) == 0
             # under deploy/rbac.yaml nothing the supervisor did was refused...
@@ -211,9 +204,9 @@ def test_vip_address_matching_no_tunnel_fails_readyz_with_an_event(tmp_path: Pat
 
             stop = asyncio.Event()
             task = asyncio.ensure_future(run_kubernetes_mode(settings, factory, stop=stop))
-            await wait_for(lambda: bool(managers) and managers[0].running == ["wg0"])
+            await wait_until(lambda: bool(managers) and managers[0].running == ["wg0"])
             m = managers[0]
-            await wait_for(lambda: any(e["reason"] == "InvalidConfig" for e in events(srv)))
+            await wait_until(lambda: any(e["reason"] == "InvalidConfig" for e in events(srv)))
             warn = next(e for e in events(srv) if e["reason"] == "InvalidConfig")
             assert warn["type"] == "Warning"
             assert "vip_address 10.200.0.9 matches no tunnel VIP (10.200.0.1)" in warn["message"]
@@ -358,17 +351,6 @@ def served_by(answer: str | None) -> str | None:
     return next((n for n, ip in UNDERLAY.items() if ip == src), "?")
 
 
-def poll(cond: Callable[[], Any], timeout: float, step: float = 0.2) -> Any:
-    end = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > end:
-            return v
-        time.sleep(step)
-
-
 @pytest.mark.interop
 @needs_root
 def test_end_to_end_failover_secret_edits_clock_behind(tmp_path: Path) -> None:
@@ -460,27 +442,29 @@ def test_end_to_end_failover_secret_edits_clock_behind(tmp_path: Path) -> None:
         def logs() -> str:
             return "\n".join(testbed.redact(p.read_text()) for p in tmp_path.glob("node-*.log"))
 
+        until = partial(wait_for, what=logs, interval=0.2)  # a failed wait shows the logs
+
         try:
             start("a")
-            assert poll(lambda: holder() == "node-a", 15), logs()
+            until(lambda: holder() == "node-a", 15)
             start("b", offset=-60.0)       # B's clock is a minute behind A's
-            ans = poll(lambda: tcp_ask(client.name, VIP0), 15)
+            ans = until(lambda: tcp_ask(client.name, VIP0), 15)
             assert served_by(ans) == "a", (ans, logs())
-            assert served_by(poll(lambda: udp_ask(client.name, VIP0), 10)) == "a", logs()
-            assert poll(lambda: "ingress" in str(srv.get("services", "default", "dns")), 5)
+            assert served_by(until(lambda: udp_ask(client.name, VIP0), 10)) == "a", logs()
+            until(lambda: "ingress" in str(srv.get("services", "default", "dns")), 5)
 
             # Secret edits, each checked by traffic
             srv.seed(secret(tunnels_yaml({"wg0": wg0, "wg1": wg1})))
-            assert served_by(poll(lambda: tcp_ask(client.name, VIP1), 15)) == "a", logs()
+            assert served_by(until(lambda: tcp_ask(client.name, VIP1), 15)) == "a", logs()
             srv.seed(secret(tunnels_yaml({"wg0": dict(wg0, allowedIPs=["10.254.0.0/24"]),
                                           "wg1": wg1})))
-            assert poll(lambda: tcp_ask(client.name, VIP0) is None, 10), "allowedIPs ignored"
+            until(lambda: tcp_ask(client.name, VIP0) is None, 10)  # allowedIPs applied
             assert tcp_ask(client.name, VIP1) is not None   # the other tunnel undisturbed
             srv.seed(secret(tunnels_yaml({"wg0": wg0})))     # restore wg0, delete wg1
-            assert served_by(poll(lambda: tcp_ask(client.name, VIP0), 15)) == "a", logs()
-            assert poll(lambda: tcp_ask(client.name, VIP1, timeout=0.5) is None, 10)
+            assert served_by(until(lambda: tcp_ask(client.name, VIP0), 15)) == "a", logs()
+            until(lambda: tcp_ask(client.name, VIP1, timeout=0.5) is None, 10)
             srv.seed(secret("wg0: [unclosed\n"))            # invalid YAML: nothing changes
-            assert poll(lambda: any(e["reason"] == "InvalidConfig" for e in events(srv)), 10)
+            until(lambda: any(e["reason"] == "InvalidConfig" for e in events(srv)), 10)
             assert served_by(tcp_ask(client.name, VIP0)) == "a"
             srv.seed(secret(tunnels_yaml({"wg0": wg0})))
             # the leader's and the follower's /metrics and /readyz, from inside their pods
@@ -491,7 +475,7 @@ def test_end_to_end_failover_secret_edits_clock_behind(tmp_path: Path) -> None:
                     return None
                 return got if got[1][0] == 200 else None
 
-            (met_a, ready_a), (met_b, ready_b) = (poll(lambda n=n: pod_http(n), 20)
+            (met_a, ready_a), (met_b, ready_b) = (until(lambda n=n: pod_http(n), 20)
                                                   for n in (na.name, nb.name))
             assert ready_a[0] == ready_b[0] == 200, (ready_a, ready_b)
             assert 'wgpy_leader{identity="node-a"} 1' in met_a[1]
@@ -505,20 +489,21 @@ def test_end_to_end_failover_secret_edits_clock_behind(tmp_path: Path) -> None:
             # kill -9 the leader: B (clock behind) takes over, traffic follows
             t0 = time.monotonic()
             nodes["a"].kill()
-            ans = poll(lambda: tcp_ask(client.name, VIP0, timeout=0.5), 20, step=0.1)
+            ans = until(lambda: tcp_ask(client.name, VIP0, timeout=0.5), 20, interval=0.1)
             crash_failover = time.monotonic() - t0
             assert served_by(ans) == "b", (ans, logs())
-            assert served_by(poll(lambda: udp_ask(client.name, VIP0), 10)) == "b", logs()
+            assert served_by(until(lambda: udp_ask(client.name, VIP0), 10)) == "b", logs()
             print(f"\nfailover after kill -9: {crash_failover:.2f} s (lease 3 s, retry 0.5 s)")
 
             # graceful stop of B hands over to a restarted A within about the retry period
             nodes["a"].wait(5)
             start("a")
-            time.sleep(2.0)                # A is up and a candidate
+            # A is up and a candidate: it has seen B's Lease
+            until(lambda: "new leader node-b" in (tmp_path / "node-a.log").read_text(), 30)
             assert holder() == "node-b"
             t0 = time.monotonic()
             nodes["b"].terminate()
-            ans = poll(lambda: tcp_ask(client.name, VIP0, timeout=0.5), 15, step=0.1)
+            ans = until(lambda: tcp_ask(client.name, VIP0, timeout=0.5), 15, interval=0.1)
             graceful = time.monotonic() - t0
             assert served_by(ans) == "a", (ans, logs())
             assert nodes["b"].wait(10) == 0, logs()

@@ -25,7 +25,7 @@ from wgpy.core.keys import generate_private_key, public_key
 from wgpy.supervisor import srcroute, tunnel
 from wgpy.supervisor.config import Tunnel
 from wgpy.supervisor.tunnel import TunnelError, TunnelRuntime
-from wgpy.testbed import Namespace
+from wgpy.testbed import Namespace, WaitTimeout, wait_for
 from wgpy.testbed.netns import run_in_netns
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, TUN)")
@@ -97,15 +97,6 @@ def oif(dst: str, src: str | None = None) -> int:
         return int(next(iter(ipr.route("get", **kw))).get_attr("RTA_OIF"))
 
 
-def poll(cond: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 # -- point 4: source-based routing -------------------------------------------------------------
 
 
@@ -169,8 +160,12 @@ def test_a_vip_prefix_covering_the_api_server_is_refused(
 def test_a_hanging_endpoint_lookup_is_bounded_by_the_lease(
     pod: Namespace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    release = threading.Event()
+    lookups: list[threading.Thread] = []
+
     def slow_resolve(host: str, port: int) -> tuple[str, int]:
-        time.sleep(1.5)
+        lookups.append(threading.current_thread())
+        release.wait(30)  # hangs until the test lets it go
         return host, port
 
     monkeypatch.setattr(tunnel, "resolve_endpoint", slow_resolve)
@@ -184,10 +179,14 @@ def test_a_hanging_endpoint_lookup_is_bounded_by_the_lease(
         try:
             with pytest.raises(TunnelError, match="left on the lease"):
                 rt.start()
-            assert time.monotonic() - t0 < 1.2
-            time.sleep(1.5)        # the lookup ends meanwhile: nothing may follow from it
+            assert time.monotonic() - t0 < 10  # bounded by the 0.4 s lease, not the 30 s lookup
+            release.set()  # the lookup ends now: nothing may follow from it
+            assert len(lookups) == 1
+            lookups[0].join(10)
+            assert not lookups[0].is_alive()
             assert not netlink.link_exists(t.name) and ep.received == []
         finally:
+            release.set()
             rt.stop()
             ep.close()
 
@@ -213,7 +212,8 @@ def test_leadership_lost_during_bring_up_sends_no_handshake(
         try:
             with pytest.raises(TunnelError, match="leadership ended"):
                 rt.start()
-            assert not poll(lambda: bool(ep.received), 1.0)
+            with pytest.raises(WaitTimeout):  # nothing arrives for a second
+                wait_for(lambda: bool(ep.received), 1.0)
             assert not netlink.link_exists(t.name)
         finally:
             rt.stop()
@@ -233,12 +233,12 @@ def test_a_leader_past_its_deadline_sends_nothing_more(pod: Namespace) -> None:
         rt = TunnelRuntime(t, lease_left=lambda: left[0])
         try:
             rt.start()
-            assert poll(lambda: len(ep.received) == 1, 5), "no first initiation"
+            wait_for(lambda: len(ep.received) == 1, 5, "a first initiation")
             left[0] = 0.0
             assert rt.runner is not None
             runner = rt.runner
-            assert poll(lambda: runner.io_counters().get("fenced", 0) >= 1, 15), \
-                "the retry was not held back"
+            wait_for(lambda: runner.io_counters().get("fenced", 0) >= 1, 15,
+                     "the retry to be held back (fenced)")
             assert len(ep.received) == 1
         finally:
             rt.stop()

@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -275,8 +274,8 @@ def test_wg_quick_up_and_down(ns: tb.Namespace, tmp_path: Path) -> None:
     assert dump_peer and "127.0.0.1:51831" in dump_peer[0]
     assert ns.run(["ip", "link", "show", "wgq0"], check=False).returncode != 0
     # the daemon exited: no wgpy process is left in the namespace
-    time.sleep(0.2)
-    assert ns.pids() == [] or all(not tb.pid_alive(p) for p in ns.pids())
+    tb.wait_for(lambda: ns.pids() == [] or all(not tb.pid_alive(p) for p in ns.pids()), 10,
+                "the daemon to exit")
 
 
 def test_uapi_socket_is_root_only(dev: tb.WgInstance) -> None:

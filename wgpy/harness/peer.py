@@ -132,6 +132,11 @@ class Received:
         return m.sender_index if isinstance(m, messages.Initiation | messages.Response) else None
 
 
+def _cut(data: bytes, truncate: int | None) -> bytes:
+    """``data`` cut to ``truncate`` bytes (None: whole), the last override a builder applies."""
+    return data if truncate is None else data[:truncate]
+
+
 def _u32(data: bytearray, offset: int, value: int) -> None:
     data[offset : offset + 4] = value.to_bytes(4, "little")
 
@@ -230,6 +235,16 @@ class ScriptedPeer:
         else:
             msg[n - 16 :] = bytes(16)
 
+    def _log_handshake(self, ephemeral_private: bytes) -> None:
+        """The handshake's keys to the key log, if there is one (Wireshark's four)."""
+        if self.keylog is not None:
+            self.keylog.handshake(
+                local_static_private=self.static.private,
+                remote_static_public=self.remote_public,
+                local_ephemeral_private=ephemeral_private,
+                preshared_key=self.preshared_key,
+            )
+
     @staticmethod
     def _header(msg: bytearray, msg_type: int | None, reserved: bytes | None) -> None:
         if msg_type is not None:
@@ -278,15 +293,8 @@ class ScriptedPeer:
         self.pending[index] = hs
         if tai64n.after(ts, self.last_timestamp):
             self.last_timestamp = ts
-        if self.keylog is not None:
-            self.keylog.handshake(
-                local_static_private=self.static.private,
-                remote_static_public=self.remote_public,
-                local_ephemeral_private=eph,
-                preshared_key=self.preshared_key,
-            )
-        out = bytes(msg) + trailing
-        return out if truncate is None else out[:truncate]
+        self._log_handshake(eph)
+        return _cut(bytes(msg) + trailing, truncate)
 
     def junk_initiation(self) -> bytes:
         """148 random bytes shaped as message 1 with a *valid* mac1 and random sender index.
@@ -412,16 +420,9 @@ class ScriptedPeer:
         )
         self._header(msg, msg_type, reserved)
         self._finish_macs(msg, mac1, mac2, cookie)
-        if self.keylog is not None:
-            self.keylog.handshake(
-                local_static_private=self.static.private,
-                remote_static_public=self.remote_public,
-                local_ephemeral_private=eph,
-                preshared_key=self.preshared_key,
-            )
+        self._log_handshake(eph)
         session = self._install(derive_keys(hs))
-        out = bytes(msg) + trailing
-        return (out if truncate is None else out[:truncate]), session
+        return _cut(bytes(msg) + trailing, truncate), session
 
     def send_response(self, initiation: Received, **overrides: object) -> Session:
         """Build (see :meth:`build_response`) and send message 2; returns the new session."""
@@ -504,8 +505,7 @@ class ScriptedPeer:
         self._header(body, msg_type, reserved)
         if tamper:
             body[16] ^= 1
-        out = bytes(body)
-        return out if truncate is None else out[:truncate]
+        return _cut(bytes(body), truncate)
 
     def send_data(self, plaintext: bytes, **overrides: object) -> bytes:
         """Build (see :meth:`build_transport`) and send a transport message; returns it."""

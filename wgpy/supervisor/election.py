@@ -1,8 +1,8 @@
 """asyncio Lease leader election on ``kubernetes.aio``, client-go compatible.
 
-The decisions live in :mod:`wgpy.supervisor.lease` (sans-IO); this module only does the
-GET/POST/PUT calls, the timing (jittered acquire loop, renew every retry period, step-down at
-the renew deadline) and the callbacks.
+The decisions live in :mod:`wgpy.supervisor.lease` (sans-IO) and the acquire/lead/step-down
+loop in :mod:`wgpy.supervisor.elector`; this module is the Lease backend of that loop: the
+GET/POST/PUT calls, the renewal round (retries until the renew deadline) and the release.
 
 Why our own elector: the packaged ones are not client-go compatible (no ``leaseTransitions``,
 no release, expiry judged by the candidate's own duration; the aio one crashes when the Lease
@@ -10,8 +10,7 @@ does not exist). See docs kubernetes.md §2.1.
 
 Two deliberate deviations from client-go, both on the safe side for a shared WireGuard key:
 
-* ``on_stopped_leading`` runs *before* the graceful release, so the tunnel is down before
-  another node can take over (client-go releases first).
+* ``on_stopped_leading`` runs *before* the graceful release (the shared loop does that).
 * If a renewal reads a valid Lease held by someone else (we were paused past the lease
   duration), we step down at once instead of waiting for the renew deadline.
 """
@@ -19,43 +18,31 @@ Two deliberate deviations from client-go, both on the safe side for a shared Wir
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import inspect
 import logging
-import secrets
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes.aio import client as k8s
 
+from wgpy.supervisor.elector import Callback, ElectorLoop, LeaderCallback, Renewal
 from wgpy.supervisor.lease import (
     Action,
     ElectionConfig,
     Elector,
     LeaseRecord,
     RandomSource,
-    retry_interval,
 )
 
 __all__ = ["ElectionConfig", "LeaderElector"]
 
 log = logging.getLogger(__name__)
 
-Callback = Callable[[], Awaitable[None] | None]
-
-
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-async def _maybe_await(value: object) -> None:
-    if inspect.isawaitable(value):
-        await value
-
-
-class LeaderElector:
+class LeaderElector(ElectorLoop):
     """Run for leadership of one Lease.
 
     ``await run()`` acquires (retrying with jitter), calls ``on_started_leading`` (a coroutine
@@ -71,34 +58,36 @@ class LeaderElector:
         *,
         on_started_leading: Callback | None = None,
         on_stopped_leading: Callback | None = None,
-        on_new_leader: Callable[[str], Awaitable[None] | None] | None = None,
+        on_new_leader: LeaderCallback | None = None,
         rng: RandomSource | None = None,
         clock: Callable[[], float] | None = None,
         wall_clock: Callable[[], datetime] = _utcnow,
     ) -> None:
+        super().__init__(
+            retry_period=config.retry_period,
+            on_started_leading=on_started_leading,
+            on_stopped_leading=on_stopped_leading,
+            on_new_leader=on_new_leader,
+            rng=rng,
+        )
         self.config = config
         self._coord = k8s.CoordinationV1Api(api)
         self._api = api
         self._elector = Elector(config)
-        self._on_started = on_started_leading
-        self._on_stopped = on_stopped_leading
-        self._on_new_leader = on_new_leader
-        self._rng: RandomSource = rng or secrets.SystemRandom()
-        self._clock = clock
+        self._clock = clock  # None: the running loop's (monotonic) clock, bound by run()
         self._wall = wall_clock
-        self._stop = asyncio.Event()
         self._lease: dict[str, Any] | None = None  # last Lease read or written (JSON form)
-        self._leading = False
-        self._release_on_stop = True
         self._io_lock = asyncio.Lock()
-        self.lost_leadership = False
 
     # -- public state ------------------------------------------------------------------------
 
     @property
-    def is_leader(self) -> bool:
-        """True between ``on_started_leading`` and ``on_stopped_leading``."""
-        return self._leading
+    def lock_name(self) -> str:
+        return f"lease {self.config.namespace}/{self.config.name}"
+
+    @property
+    def identity_name(self) -> str:
+        return self.config.identity
 
     @property
     def leader(self) -> str:
@@ -137,115 +126,63 @@ class LeaderElector:
 
     def time_left(self) -> float:
         """Seconds until the renew deadline, 0 when not leading. Safe from any thread (the
-        tunnels' send fence calls it): reads two numbers and the monotonic clock."""
+        tunnels' send fence calls it): reads two numbers and the clock (the loop's ``time``,
+        i.e. the monotonic clock, bound when :meth:`run` started)."""
         if not self._leading:
             return 0.0
-        now = self._clock() if self._clock is not None else time.monotonic()
-        return max(0.0, self._elector.renew_time_left(now=now))
+        return max(0.0, self._elector.renew_time_left(now=self._now()))
 
     @property
     def last_renew(self) -> float | None:
         """Clock time of our last successful write as holder (``None`` if not holding)."""
         return self._elector.renewed_at
 
-    def stop(self, *, release: bool = True) -> None:
-        """Ask :meth:`run` to end; it releases the Lease if we hold it and ``release``.
-
-        ``release=False`` leaves the Lease to expire (as a crash would).
-        """
-        self._release_on_stop = release
-        self._stop.set()
-
-    # -- loop --------------------------------------------------------------------------------
+    # -- the backend of the shared loop ------------------------------------------------------
 
     def _now(self) -> float:
-        return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
-
-    async def _sleep(self, seconds: float) -> bool:
-        """Sleep unless stopped; True if stop was requested."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), max(0.0, seconds))
-        return self._stop.is_set()
+        if self._clock is None:
+            self._clock = asyncio.get_running_loop().time
+        return self._clock()
 
     async def run(self) -> None:
-        """Acquire, lead until the lease is lost or :meth:`stop` is called, then return."""
-        self.lost_leadership = False
-        if not await self._acquire():
-            return
-        self._leading = True
-        log.info(
-            "lease %s/%s: acquired as %s",
-            self.config.namespace,
-            self.config.name,
-            self.config.identity,
-        )
-        task: asyncio.Task[None] | None = None
-        try:
-            if self._on_started is not None:
-                result = self._on_started()
-                if inspect.isawaitable(result):
-                    task = asyncio.ensure_future(result)
-            await self._renew_loop()
-        finally:
-            self._leading = False
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            if self._on_stopped is not None:
-                try:
-                    await _maybe_await(self._on_stopped())
-                except Exception:
-                    log.exception("on_stopped_leading failed")
-            if self._release_on_stop or not self._stop.is_set():
-                await self._release()
+        """Acquire, lead until the lease is lost or :meth:`stop` is called, then return.
 
-    async def _acquire(self) -> bool:
-        """Try until we hold the Lease (True) or stop is requested (False).
-
-        Retries are jittered (client-go ``JitterUntil`` with factor 1.2) so candidates that
-        started together do not keep colliding.
+        Graceful stop (the default) releases the Lease so another node takes over at once;
+        ``stop(release=False)`` leaves it to expire (as a crash would).
         """
-        while not self._stop.is_set():
-            ok = await self._attempt(timeout=self.config.renew_deadline)
-            await self._report_new_leader()
-            if ok:
-                return True
-            if await self._sleep(retry_interval(self.config.retry_period, self._rng)):
-                return False
-        return False
+        self._now()  # bind the loop's clock here, where the loop runs (time_left is threaded)
+        await super().run()
 
-    async def _renew_loop(self) -> None:
+    async def _try_acquire(self) -> bool:
+        return await self._attempt(timeout=self.config.renew_deadline)
+
+    def _new_leader(self) -> str | None:
+        return self._elector.new_leader()
+
+    async def _renew(self) -> Renewal:
+        """Renew; on failure retry every retry period until the renew deadline.
+
+        Steps down at the deadline, or at once when the Lease is validly held by someone else
+        (we were paused past the lease duration).
+        """
         el = self._elector
         while True:
-            if await self._sleep(self.config.retry_period):
-                return
-            while True:
-                left = el.renew_time_left(now=self._now())
-                ok = left > 0 and await self._attempt(timeout=left)
-                await self._report_new_leader()
-                if ok:
-                    break
-                now = self._now()
-                if el.must_step_down(now=now) or el.held_by_other(now=now):
-                    self.lost_leadership = True
-                    log.error(
-                        "lease %s/%s: failed to renew, stepping down",
-                        self.config.namespace,
-                        self.config.name,
-                    )
-                    return
-                wait = min(self.config.retry_period, el.renew_time_left(now=now))
-                if await self._sleep(wait):
-                    return
-
-    async def _report_new_leader(self) -> None:
-        holder = self._elector.new_leader()
-        if holder is not None and self._on_new_leader is not None:
-            try:
-                await _maybe_await(self._on_new_leader(holder))
-            except Exception:
-                log.exception("on_new_leader failed")
+            left = el.renew_time_left(now=self._now())
+            ok = left > 0 and await self._attempt(timeout=left)
+            await self._report_new_leader()
+            if ok:
+                return Renewal.RENEWED
+            now = self._now()
+            if el.must_step_down(now=now) or el.held_by_other(now=now):
+                log.error(
+                    "lease %s/%s: failed to renew, stepping down",
+                    self.config.namespace,
+                    self.config.name,
+                )
+                return Renewal.LOST
+            wait = min(self.config.retry_period, el.renew_time_left(now=now))
+            if await self._sleep(wait):
+                return Renewal.STOPPED
 
     # -- one attempt (client-go tryAcquireOrRenew) --------------------------------------------
 
@@ -341,9 +278,9 @@ class LeaderElector:
         self._elector.succeeded(record, now=sent)
         return True
 
-    async def _release(self) -> None:
+    async def _release(self, *, graceful: bool) -> None:
         """Graceful release: GET, and if we still hold it, PUT an empty holder (duration 1)."""
-        if not self._elector.is_leader():
+        if not graceful or not self._elector.is_leader():
             return
         for _ in range(3):  # retry on 409 (we raced our own renewal or another writer)
             try:

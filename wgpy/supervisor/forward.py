@@ -247,7 +247,11 @@ class TcpForwarder(_Base):
         return None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream = await self._connect() if self.picker.targets else None
+        try:
+            upstream = await self._connect() if self.picker.targets else None
+        except asyncio.CancelledError:  # close() while connecting: the client must not hang
+            writer.transport.abort()
+            raise
         if upstream is None:
             if not self.picker.targets:
                 self.stats.errors += 1

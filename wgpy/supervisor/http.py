@@ -43,8 +43,11 @@ class HttpServer:
 
     def __init__(self, status: StatusFn, *, loop: asyncio.AbstractEventLoop,
                  host: str = "0.0.0.0", port: int = 8080,  # noqa: S104 (pod IP, for kubelet)
-                 deadline: float = 2.0) -> None:
+                 deadline: float = 2.0,
+                 loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop,
+                 ) -> None:
         self._status = status
+        self._loop_factory = loop_factory  # the server thread's own loop (tests: virtual time)
         self._loop = loop
         self.host, self.port = host, port
         self.deadline = deadline
@@ -58,7 +61,7 @@ class HttpServer:
         """Start the server thread; returns the bound port (useful with ``port=0``)."""
         ready = threading.Event()
         errors: list[BaseException] = []
-        loop = asyncio.new_event_loop()
+        loop = self._loop_factory()
         self._server_loop = loop
 
         def run() -> None:

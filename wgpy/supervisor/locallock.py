@@ -1,8 +1,9 @@
 """Leader election among the supervisors of one host, on an ``flock`` (embedded mode).
 
-The same shape as :class:`wgpy.supervisor.election.LeaderElector` (``run``, ``stop``,
-``is_leader``, ``leader``, ``annotation``, ``set_annotation``, the three callbacks), so the
-manager does not care which one it runs on.
+The flock backend of the shared election loop (:mod:`wgpy.supervisor.elector`), beside the
+Lease backend :class:`wgpy.supervisor.election.LeaderElector`: the same ``run``, ``stop``,
+``is_leader``, ``leader``, ``annotation``, ``set_annotation`` and callbacks, so the manager
+does not care which one it runs on.
 
 * Leadership = holding ``flock(LOCK_EX)`` on ``lock_path``. The kernel drops the lock when the
   holder's last fd closes, so a leader killed with SIGKILL is replaced within one retry period
@@ -13,33 +14,26 @@ manager does not care which one it runs on.
   the TAI64N floor the previous one left.
 * Deleting or replacing the lock file would let a second process lock a new inode; the leader
   checks every retry period that the path still names its inode and steps down otherwise.
-* As in our Lease elector, ``on_stopped_leading`` runs *before* the lock is released.
+* As with the Lease, ``on_stopped_leading`` runs *before* the lock is released (the loop).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
-import inspect
 import json
 import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
+
+from wgpy.supervisor.elector import Callback, ElectorLoop, LeaderCallback, Renewal
+from wgpy.supervisor.lease import RandomSource
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LOCK_PATH = "/run/wgpy/supervisor.lock"
-
-Callback = Callable[[], Awaitable[None] | None]
-
-
-async def _maybe_await(value: object) -> None:
-    if inspect.isawaitable(value):
-        await value
 
 
 def sidecar_path(lock_path: str) -> str:
@@ -56,8 +50,12 @@ def read_sidecar(lock_path: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-class LocalLockElector:
+class LocalLockElector(ElectorLoop):
     """Run for leadership of ``lock_path`` among processes on this host."""
+
+    # A lock frees at once when its holder dies (no lease to expire): candidates retry within
+    # 1.2 retry periods rather than client-go's 2.2.
+    jitter_factor = 0.2
 
     def __init__(
         self,
@@ -67,31 +65,34 @@ class LocalLockElector:
         retry_period: float = 2.0,
         on_started_leading: Callback | None = None,
         on_stopped_leading: Callback | None = None,
-        on_new_leader: Callable[[str], Awaitable[None] | None] | None = None,
+        on_new_leader: LeaderCallback | None = None,
+        rng: RandomSource | None = None,
     ) -> None:
         if retry_period <= 0:
             raise ValueError("retry_period must be positive")
+        super().__init__(
+            retry_period=retry_period,
+            on_started_leading=on_started_leading,
+            on_stopped_leading=on_stopped_leading,
+            on_new_leader=on_new_leader,
+            rng=rng,
+        )
         self.lock_path = lock_path
         self.identity = identity
-        self.retry_period = retry_period
-        self._on_started = on_started_leading
-        self._on_stopped = on_stopped_leading
-        self._on_new_leader = on_new_leader
         self._fd: int | None = None
-        self._leading = False
-        self._stop = asyncio.Event()
-        self._release_on_stop = True
         self._state: dict[str, Any] = {}  # sidecar as last read or written
         self._pending: dict[str, str | None] = {}  # annotations set while not leading
         self._reported = ""
-        self.lost_leadership = False
 
     # -- public state ------------------------------------------------------------------------
 
     @property
-    def is_leader(self) -> bool:
-        """True between ``on_started_leading`` and ``on_stopped_leading``."""
-        return self._leading
+    def lock_name(self) -> str:
+        return f"lock {self.lock_path}"
+
+    @property
+    def identity_name(self) -> str:
+        return self.identity
 
     @property
     def leader(self) -> str:
@@ -126,12 +127,6 @@ class LocalLockElector:
         sidecar at once, so there is nothing left to do (the Lease elector's counterpart
         renews immediately)."""
         return self._leading
-
-    def stop(self, *, release: bool = True) -> None:
-        """Ask :meth:`run` to end. ``release=False`` leaves the sidecar naming us (as a crash
-        would); the flock itself is always dropped when the fd closes."""
-        self._release_on_stop = release
-        self._stop.set()
 
     # -- lock file ---------------------------------------------------------------------------
 
@@ -186,92 +181,57 @@ class LocalLockElector:
                 os.unlink(tmp)
             raise
 
-    # -- loop --------------------------------------------------------------------------------
+    # -- the backend of the shared loop ------------------------------------------------------
 
-    async def _sleep(self, seconds: float) -> bool:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), max(0.0, seconds))
-        return self._stop.is_set()
-
-    async def _report(self) -> None:
+    def _new_leader(self) -> str | None:
         holder = self.leader
         if holder and holder != self._reported:
             self._reported = holder
-            if self._on_new_leader is not None:
-                try:
-                    await _maybe_await(self._on_new_leader(holder))
-                except Exception:
-                    log.exception("on_new_leader failed")
+            return holder
+        return None
 
-    async def _acquire(self) -> bool:
-        while not self._stop.is_set():
-            if self._try_lock():
-                previous = read_sidecar(self.lock_path)
-                transitions = int(previous.get("leaseTransitions") or 0)
-                if previous.get("holderIdentity") not in (None, "", self.identity):
-                    transitions += 1
-                ann = previous.get("annotations")
-                annotations = dict(ann) if isinstance(ann, dict) else {}
-                for k, v in self._pending.items():
-                    if v is None:
-                        annotations.pop(k, None)
-                    else:
-                        annotations[k] = v
-                self._pending.clear()
-                self._state = {
-                    "holderIdentity": self.identity,
-                    "leaseTransitions": transitions,
-                    "acquireTime": time.time(),
-                    "pid": os.getpid(),
-                    "annotations": annotations,
-                }
-                try:
-                    self._write_sidecar()
-                except OSError:
-                    self._unlock()
-                    raise
-                await self._report()
-                return True
+    async def _try_acquire(self) -> bool:
+        if not self._try_lock():
             self._state = read_sidecar(self.lock_path)
-            await self._report()
-            # jitter (as client-go's 1.2 factor) so candidates started together spread out
-            jitter = 1.0 + 0.2 * secrets.randbelow(1000) / 1000
-            if await self._sleep(self.retry_period * jitter):
-                return False
-        return False
-
-    async def run(self) -> None:
-        """Acquire, lead until the lock is lost or :meth:`stop` is called, then return."""
-        self.lost_leadership = False
-        if not await self._acquire():
-            return
-        self._leading = True
-        log.info("lock %s: acquired as %s", self.lock_path, self.identity)
-        task: asyncio.Future[Any] | None = None
+            return False
+        previous = read_sidecar(self.lock_path)
+        transitions = int(previous.get("leaseTransitions") or 0)
+        if previous.get("holderIdentity") not in (None, "", self.identity):
+            transitions += 1
+        ann = previous.get("annotations")
+        annotations = dict(ann) if isinstance(ann, dict) else {}
+        for k, v in self._pending.items():
+            if v is None:
+                annotations.pop(k, None)
+            else:
+                annotations[k] = v
+        self._pending.clear()
+        self._state = {
+            "holderIdentity": self.identity,
+            "leaseTransitions": transitions,
+            "acquireTime": time.time(),
+            "pid": os.getpid(),
+            "annotations": annotations,
+        }
         try:
-            if self._on_started is not None:
-                result = self._on_started()
-                if inspect.isawaitable(result):
-                    task = asyncio.ensure_future(result)
-            while not await self._sleep(self.retry_period):
-                if not self._still_ours():
-                    self.lost_leadership = True
-                    log.error("lock %s: lock file replaced, stepping down", self.lock_path)
-                    break
-        finally:
-            self._leading = False
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            if self._on_stopped is not None:
-                try:
-                    await _maybe_await(self._on_stopped())
-                except Exception:
-                    log.exception("on_stopped_leading failed")
-            if self._still_ours() and (self._release_on_stop or not self._stop.is_set()):
-                self._state["holderIdentity"] = ""
-                with contextlib.suppress(OSError):
-                    self._write_sidecar()
+            self._write_sidecar()
+        except OSError:
             self._unlock()
-            log.info("lock %s: released", self.lock_path)
+            raise
+        return True
+
+    async def _renew(self) -> Renewal:
+        if self._still_ours():
+            return Renewal.RENEWED
+        log.error("lock %s: lock file replaced, stepping down", self.lock_path)
+        return Renewal.LOST
+
+    async def _release(self, *, graceful: bool) -> None:
+        """Clear the sidecar's holder (``graceful``; else it names us, as after a crash), then
+        drop the flock (always: the kernel would at exit anyway)."""
+        if self._still_ours() and graceful:
+            self._state["holderIdentity"] = ""
+            with contextlib.suppress(OSError):
+                self._write_sidecar()
+        self._unlock()
+        log.info("lock %s: released", self.lock_path)

@@ -42,8 +42,10 @@ from wgpy.testbed.pair import (
 from wgpy.testbed.proc import (
     DEFAULT_IMPL,
     NS_PREFIX,
+    POLL_LIMIT,
     SOCKET_DIR,
     TestbedError,
+    WaitTimeout,
     cleanup_all,
     cpu_seconds,
     install_signal_handlers,
@@ -52,6 +54,7 @@ from wgpy.testbed.proc import (
     rss_kib,
     run,
     wait_for,
+    wait_until,
 )
 from wgpy.testbed.wg import (
     KERNEL,
@@ -110,4 +113,7 @@ __all__ = [
     "sweep_stale",
     "veth",
     "wait_for",
+    "wait_until",
+    "WaitTimeout",
+    "POLL_LIMIT",
 ]

@@ -46,14 +46,16 @@ class Report:
         print(text, file=self.out, flush=True)
 
 
-def _wait(cond: Callable[[], bool], timeout: float, interval: float = 0.02) -> float | None:
-    """Seconds until ``cond()`` held, or None after ``timeout``."""
+def _wait(cond: Callable[[], bool], timeout: float) -> float | None:
+    """Seconds until ``cond()`` held, or None after ``timeout`` (the demo reports, not raises)."""
+    from wgpy.testbed import WaitTimeout, wait_for
+
     t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if cond():
-            return time.monotonic() - t0
-        time.sleep(interval)
-    return None
+    try:
+        wait_for(cond, timeout)
+    except WaitTimeout:
+        return None
+    return time.monotonic() - t0
 
 
 def _tail(path: str, lines: int = 15) -> str:

@@ -9,7 +9,7 @@ from types import TracebackType
 from typing import Self
 
 from wgpy.testbed.netns import Namespace, Veth, veth
-from wgpy.testbed.proc import DEFAULT_IMPL, NS_PREFIX, TestbedError, wait_for
+from wgpy.testbed.proc import DEFAULT_IMPL, NS_PREFIX, TestbedError, WaitTimeout, wait_for
 from wgpy.testbed.wg import (
     ImplSpec,
     KernelImpl,
@@ -69,8 +69,10 @@ class Pair:
 
     def wait_handshake(self, timeout: float = 10.0) -> None:
         """Ping A→B until one reply arrives (the first packets trigger the handshake)."""
-        if not wait_for(lambda: self.ping(timeout=1.0).returncode == 0, timeout, 0.0):
-            raise TestbedError(f"no ping through the tunnel within {timeout}s")
+        try:
+            wait_for(lambda: self.ping(timeout=1.0).returncode == 0, timeout, interval=0.0)
+        except WaitTimeout:
+            raise TestbedError(f"no ping through the tunnel within {timeout}s") from None
 
     @property
     def pids(self) -> list[int]:

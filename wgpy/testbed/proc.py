@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
+import inspect
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from wgpy.core.errors import WgpyError
 from wgpy.core.keys import redact
@@ -18,6 +20,8 @@ from wgpy.core.keys import redact
 DEFAULT_IMPL: tuple[str, ...] = ("wireguard-go",)
 SOCKET_DIR = "/run/wireguard"
 NS_PREFIX = "wgpy"
+T = TypeVar("T")
+Describe = str | Callable[[], str] | None
 
 
 class TestbedError(WgpyError):
@@ -133,12 +137,62 @@ def rss_kib(pid: int) -> int:
     raise TestbedError(f"no VmRSS for pid {pid}")
 
 
-def wait_for(cond: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
-    """Poll `cond` until it is true or `timeout` seconds pass; returns the last result."""
+POLL_LIMIT = 30.0  # default limit of a wait: generous, a loaded machine must not hit it
+
+
+class WaitTimeout(AssertionError):
+    """A condition polled with :func:`wait_for` or :func:`wait_until` never held."""
+
+
+def _failure(cond: Callable[[], object], timeout: float, what: Describe) -> WaitTimeout:
+    if callable(what):
+        text = what()
+    elif what:
+        text = what
+    else:  # the condition's own source line says what was awaited
+        try:
+            text = inspect.getsource(cond).strip()
+        except (OSError, TypeError):
+            text = repr(cond)
+    return WaitTimeout(f"timed out after {timeout:g} s waiting for {text}")
+
+
+def wait_for(
+    cond: Callable[[], T],
+    timeout: float = POLL_LIMIT,
+    what: Describe = None,
+    interval: float = 0.02,
+) -> T:
+    """Poll ``cond`` on the real clock until it returns something true, and return that.
+
+    The one poll helper of the testbed and the tests (:func:`wait_until` is its asyncio
+    form). Raises :class:`WaitTimeout` naming ``what`` was awaited (a string, a function
+    called only on failure, e.g. one returning the logs, or by default the condition's
+    source) after ``timeout`` seconds.
+    """
     deadline = time.monotonic() + timeout
     while True:
-        if cond():
-            return True
+        value = cond()
+        if value:
+            return value
         if time.monotonic() >= deadline:
-            return False
+            raise _failure(cond, timeout, what)
         time.sleep(interval)
+
+
+async def wait_until(
+    cond: Callable[[], object],
+    timeout: float = POLL_LIMIT,
+    what: Describe = None,
+    interval: float = 0.01,
+) -> float:
+    """:func:`wait_for` for asyncio code: polls on the running loop's clock and returns the
+    loop time at which ``cond`` held. On a virtual-time loop (``tests/vtime.py``) the limit
+    is virtual, so a generous one costs nothing."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() >= deadline:
+            raise _failure(cond, timeout, what)
+        await asyncio.sleep(interval)
+    return loop.time()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import tempfile
@@ -17,6 +18,7 @@ from wgpy.testbed.proc import (
     NS_PREFIX,
     SOCKET_DIR,
     TestbedError,
+    WaitTimeout,
     _register,
     _registry,
     _stop_process,
@@ -267,7 +269,7 @@ class WgInstance(_WgBase):
         try:
             with open(f"/proc/{self.pid}/mountinfo") as f:
                 mounted = any(ln.split()[4] == SOCKET_DIR for ln in f)
-        except (FileNotFoundError, ProcessLookupError):
+        except OSError:  # gone or exiting (seen once as a bare OSError in test_testbed)
             return False
         return mounted and os.path.exists(self.socket_path)
 
@@ -293,7 +295,9 @@ class WgInstance(_WgBase):
         )
         _register(self)
         proc = self.proc
-        wait_for(lambda: proc.poll() is not None or self._private_mount_ready(), self.start_timeout)
+        with contextlib.suppress(WaitTimeout):  # reported below, with the output
+            wait_for(lambda: proc.poll() is not None or self._private_mount_ready(),
+                     self.start_timeout, "the UAPI socket")
         if not self._private_mount_ready():
             rc = proc.poll()
             self.stop()  # before reading the output: the process may still be writing
