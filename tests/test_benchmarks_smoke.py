@@ -16,7 +16,7 @@ import pytest
 from benchmarks import report
 from benchmarks.handshakes import build_initiations
 from benchmarks.profile import summarize
-from benchmarks.run import parse_impl, plan_cases
+from benchmarks.run import impl_version, parse_impl, plan_cases
 from benchmarks.workloads import WorkloadError, parse_iperf, parse_ping, parse_rate, percentile
 from noise import crypto
 from wgpy import testbed as tb
@@ -181,6 +181,17 @@ def test_cli_parsing_and_case_plan() -> None:
         "wgpy->wireguard-go",
         "wireguard-go->wgpy",
     ]
+
+
+def test_upstream_is_a_case_of_its_own_and_each_case_names_what_it_ran() -> None:
+    cases = plan_cases([("wgpy", ["wgpy-userspace"])], "/opt/wg/wireguard-go-new")
+    names = [c.name for c in cases]
+    assert names[:4] == ["veth", "wireguard-go", "kernel", "upstream"]
+    up = cases[3]
+    assert up.impl_a == up.impl_b == ["/opt/wg/wireguard-go-new"]
+    assert impl_version(["env", "X=1", sys.executable, "-m", "wgpy.userspace"]).startswith("wgpy ")
+    shown = impl_version(["/no/such/wireguard-go"])
+    assert shown.startswith("/no/such/wireguard-go: ")
 
 
 @needs_testbed
