@@ -129,6 +129,8 @@ def markdown(results: dict[str, Any]) -> str:
     for key in ("linux", "cpus", "loadavg", "wireguard_go", "iperf3", "python"):
         if key in meta:
             lines.append(f"- {key}: {meta[key]}")
+    for name, version in meta.get("versions", {}).items():
+        lines.append(f"- case `{name}` ran {version}")
     lines.append("")
     metrics: list[str] = []
     for n in ok:

@@ -1,4 +1,5 @@
-"""Benchmark harness: ``python3 -m benchmarks.run [--quick] [--runs N] [--impl NAME=ARGV ...]``.
+"""Benchmark harness: ``python3 -m benchmarks.run [--quick] [--runs N] [--upstream PATH]
+[--impl NAME=ARGV ...]``.
 
 For each case it builds the pair testbed (:mod:`wgpy.testbed`) and measures, run after run:
 ping RTT p50/p99 at idle, iperf3 TCP with 1 and 4 streams in both directions, iperf3 UDP at
@@ -15,8 +16,11 @@ Cases: ``veth`` (bare veth, the physical limit), ``wireguard-go`` (the baseline)
 (when ``ip link add X type wireguard`` works; never the User-Mode Linux guest of the interop
 tests, whose 35-65 MB/s measure UML, not kernel WireGuard) and, for every
 ``--impl NAME=ARGV``: ``NAME`` (both sides), ``NAME->wireguard-go`` and ``wireguard-go->NAME``
-(A is the handshake initiator). The cases of one run execute back to back, so ratios pair
-figures of the same run.
+(A is the handshake initiator). ``--upstream PATH`` adds ``upstream``: a current wireguard-go
+build (with the GSO/GRO and TUN offloads that the packaged 2022 one lacks) on both sides, the
+reference the targets are set against. The cases of one run execute back to back, so ratios
+pair figures of the same run. The report says which binary and version each case ran
+(``versions``).
 
 Writes ``bench-STAMP.json``, ``.md`` and (with matplotlib) ``.png`` to ``benchmarks/results/``.
 Needs root, iperf3, ping, ip, nsenter, wg and wireguard-go.
@@ -74,14 +78,20 @@ class Case:
         return {"impl_a": show(self.impl_a), "impl_b": show(self.impl_b)}
 
 
-def plan_cases(extra: list[tuple[str, list[str]]]) -> list[Case]:
-    """The cases in run order; each extra implementation gets three."""
+UPSTREAM = "upstream"
+
+
+def plan_cases(extra: list[tuple[str, list[str]]], upstream: str | None = None) -> list[Case]:
+    """The cases in run order; ``upstream`` (a wireguard-go binary) gets one, each extra
+    implementation three."""
     go = list(tb.DEFAULT_IMPL)
     cases = [
         Case("veth", None, None),
         Case(report.BASELINE, go, go),
         Case("kernel", tb.KERNEL, tb.KERNEL),
     ]
+    if upstream is not None:
+        cases.append(Case(UPSTREAM, [upstream], [upstream]))
     for name, argv in extra:
         cases += [
             Case(name, argv, argv),
@@ -243,6 +253,30 @@ def tool_version(argv: list[str]) -> str:
     )
 
 
+def _git(root: str, *args: str) -> str:
+    """``git -C root ARGS``'s output, "" when it fails (not a checkout, no git)."""
+    try:
+        res = tb.run(["git", "-C", root, *args], check=False, timeout=10)
+    except tb.TestbedError:
+        return ""
+    return (res.stdout or "").strip() if res.returncode == 0 else ""
+
+
+def impl_version(argv: list[str]) -> str:
+    """What a case's argv runs: ``wgpy COMMIT`` for wgpy (``+`` when the tree has changes),
+    else the binary's path and the first line of its ``--version``."""
+    words = [w for w in argv if w != "env" and "=" not in w]
+    if any("wgpy" in w for w in words[:3]):
+        root = str(Path(__file__).resolve().parent.parent)
+        commit = _git(root, "rev-parse", "--short", "HEAD") or "(not a git checkout)"
+        dirty = "+" if _git(root, "status", "--porcelain", "--", "wgpy", "tun") else ""
+        pythonpath = [w for w in argv if w.startswith("PYTHONPATH=")]
+        where = f" ({pythonpath[0]})" if pythonpath else ""
+        return f"wgpy {commit}{dirty}{where}"
+    exe = words[0] if words else "?"
+    return f"{shutil.which(exe) or exe}: {tool_version([exe, '--version'])}"
+
+
 def parse_impl(text: str) -> tuple[str, list[str]]:
     """``NAME=ARGV`` → (NAME, shlex-split ARGV)."""
     name, sep, argv = text.partition("=")
@@ -268,6 +302,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         metavar="NAME=ARGV",
         help="extra implementation, e.g. wgpy=wgpy-userspace",
+    )
+    ap.add_argument(
+        "--upstream",
+        metavar="PATH",
+        help="a current wireguard-go binary: adds the case `upstream` (the reference)",
     )
     ap.add_argument(
         "--ping-rounds", type=int, help="interleaved ping rounds per run (default 4, quick 1)"
@@ -298,7 +337,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     tb.install_signal_handlers()
     tb.sweep_stale(NS_PREFIX)  # leftovers of a benchmark that was SIGKILLed
-    cases = plan_cases(args.impl)
+    if args.upstream is not None and shutil.which(args.upstream) is None:
+        print(f"--upstream {args.upstream}: not an executable", file=sys.stderr)
+        return 2
+    cases = plan_cases(args.impl, args.upstream)
     if args.only:
         wanted = args.only.split(",")
         unknown = set(wanted) - {c.name for c in cases}
@@ -326,6 +368,11 @@ def main(argv: list[str] | None = None) -> int:
         "wireguard_go": tool_version(["wireguard-go", "--version"]),
         "iperf3": tool_version(["iperf3", "--version"]),
         "python": platform.python_version(),
+        "versions": {
+            c.name: " / ".join(dict.fromkeys(impl_version(list(i)) for i in (c.impl_a, c.impl_b)))
+            for c in cases
+            if isinstance(c.impl_a, list) and isinstance(c.impl_b, list)
+        },
     }
     runs: dict[str, dict[str, list[float | None]]] = {c.name: {} for c in cases}
     progress = Progress(s.runs * len(cases) * (len(steps(s)) + s.ping_rounds))

@@ -16,7 +16,7 @@ import pytest
 from benchmarks import report
 from benchmarks.handshakes import build_initiations
 from benchmarks.profile import summarize
-from benchmarks.run import parse_impl, plan_cases
+from benchmarks.run import impl_version, parse_impl, plan_cases
 from benchmarks.workloads import WorkloadError, parse_iperf, parse_ping, parse_rate, percentile
 from noise import crypto
 from wgpy import testbed as tb
@@ -33,14 +33,32 @@ _without_testbed = pytest.mark.skipif(
 
 def run_module(module: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     """``python -m module args`` from the repository, output captured."""
-    return subprocess.run(
+    return run_module_pid(module, *args, timeout=timeout)[0]
+
+
+def run_module_pid(
+    module: str, *args: str, timeout: float
+) -> tuple[subprocess.CompletedProcess[str], int]:
+    """:func:`run_module`, and the PID it ran as: the testbed names its namespaces
+    ``PREFIX-PID-…``, so a test can tell its own from another suite's on a shared machine."""
+    with subprocess.Popen(
         [sys.executable, "-m", module, *args],
         cwd=REPO,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
-        check=False,
-    )
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), proc.pid
+
+
+def own_namespaces(prefix: str, pid: int) -> set[str]:
+    return {n for n in tb.list_netns() if n.startswith(f"{prefix}-{pid}-")}
 
 
 def needs_testbed(test: Callable[..., None]) -> Callable[..., None]:
@@ -174,10 +192,20 @@ def test_kernel_case_is_the_module_and_uml_is_labelled_uml() -> None:
     assert uml["impl_b"] == "kernel-uml (User-Mode Linux guest)"
 
 
+def test_upstream_is_a_case_of_its_own_and_each_case_names_what_it_ran() -> None:
+    cases = plan_cases([("wgpy", ["wgpy-userspace"])], "/opt/wg/wireguard-go-new")
+    names = [c.name for c in cases]
+    assert names[:4] == ["veth", "wireguard-go", "kernel", "upstream"]
+    up = cases[3]
+    assert up.impl_a == up.impl_b == ["/opt/wg/wireguard-go-new"]
+    assert impl_version(["env", "X=1", sys.executable, "-m", "wgpy.userspace"]).startswith("wgpy ")
+    shown = impl_version(["/no/such/wireguard-go"])
+    assert shown.startswith("/no/such/wireguard-go: ")
+
+
 @needs_testbed
 def test_quick_benchmark_wireguard_go(tmp_path: Path) -> None:
-    before = set(tb.list_netns())
-    res = run_module(
+    res, pid = run_module_pid(
         "benchmarks.run",
         "--quick",
         "--only",
@@ -233,8 +261,7 @@ def test_quick_benchmark_wireguard_go(tmp_path: Path) -> None:
         assert kernel["reason"] == "no kernel module"
     assert "| tcp1_fwd_mbps |" in js.with_suffix(".md").read_text()
     assert "[ 1/" in res.stderr or "[  1/" in res.stderr  # progress went to stderr
-    leftover = {n for n in set(tb.list_netns()) - before if n.startswith("wgpybench-")}
-    assert not leftover  # the harness removed its namespaces
+    assert own_namespaces("wgpybench", pid) == set()  # the harness removed its namespaces
 
 
 def test_pingseries_ratios_pair_each_round_with_the_reference() -> None:
@@ -267,9 +294,8 @@ def test_pingseries_refuses_bad_arguments() -> None:
 
 @needs_testbed
 def test_quick_ping_series_against_wireguard_go(tmp_path: Path) -> None:
-    before = set(tb.list_netns())
     out = tmp_path / "series.json"
-    res = run_module(
+    res, pid = run_module_pid(
         "benchmarks.pingseries",
         "--rounds",
         "2",
@@ -289,5 +315,4 @@ def test_quick_ping_series_against_wireguard_go(tmp_path: Path) -> None:
         s = doc["summary"][name]
         assert 0 < s["p50_ms"] < 100 and s["cpu_us_per_ping"] > 0
     assert doc["summary"]["wgpy"]["ratio"] > 0
-    # every namespace it made (wgpyps-PID-…) is gone; other suites' may come and go meanwhile
-    assert {n for n in set(tb.list_netns()) - before if n.startswith("wgpyps-")} == set()
+    assert own_namespaces("wgpyps", pid) == set()  # every namespace it made is gone

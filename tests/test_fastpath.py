@@ -12,7 +12,7 @@ import os
 import select
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -580,3 +580,32 @@ def test_fast_path_drops_packets_not_for_an_accepted_destination(
         tx.close()
     assert b.tun.take() == [ok]
     assert b.dev.drops["disallowed_destination"] == 1
+
+
+def test_no_hand_over_in_a_bulk_flow(sides: tuple[Side, Side, Clock]) -> None:
+    """After a wake-up that sealed (opened) more than one packet, the next one does not
+    yield: in a bulk flow each yield only costs. A lone packet yields again."""
+    a, b, clock = sides
+    handshake(a, b)
+    b.drain()
+    calls = {"a": 0, "b": 0}
+
+    def count(side: str) -> Callable[[], None]:
+        def hand_over() -> None:
+            calls[side] += 1
+
+        return hand_over
+
+    a.fast.hand_over, b.fast.hand_over = count("a"), count("b")
+    clock.now += 1.0
+    for expected in (1, 1, 1):  # the first of a burst yields, the two after it do not
+        a.tun.inject_many(ipv4(A_TUN, B_TUN, bytes([i])) for i in range(4))
+        assert a.fast.on_tun() is None
+        assert calls["a"] == expected
+    a.tun.inject(ipv4(A_TUN, B_TUN, b"lone"))
+    a.fast.on_tun()  # after a burst: no yield; it sealed one packet
+    a.tun.inject(ipv4(A_TUN, B_TUN, b"lone again"))
+    a.fast.on_tun()
+    assert calls["a"] == 2
+    b.drain()
+    assert len(b.tun.take()) == 14

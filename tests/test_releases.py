@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHECKS = [
     "tests/test_smoke.py",
     "tests/test_fastpath.py",
+    "tests/test_offload.py",
     "tests/test_tun.py",
     "tests/test_http_metrics.py",
     "tests/test_election.py",
@@ -85,7 +86,7 @@ def test_the_smoke_test_passes_on_other_releases(which: str, tmp_path: Path) -> 
     shown = ", ".join(
         f"{n} {versions.get(n, '?')}"
         for n in ("cryptography", "pynacl", "python-pytun", "pyroute2", "kubernetes",
-                  "pyyaml", "aiohttp")
+                  "pyyaml", "aiohttp", "numpy")
     )
     print(f"\n{which}: {shown}")
     t = subprocess.run(

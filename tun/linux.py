@@ -7,8 +7,12 @@ Addresses and routes belong to :mod:`tun.netlink`.
 With ``vnet_hdr=True`` the TUN is opened with ``IFF_VNET_HDR``: every read and write carries a
 10-byte ``virtio_net_hdr`` first. ``read``/``read_into``/``write`` hide it (reads drop it, writes
 send a zeroed one), so callers see bare IP packets either way; the fast path uses the header to
-write coalesced TCP segments as one GSO packet (:mod:`wgpy.io.gro`). No ``TUNSETOFFLOAD`` is
-done, so the kernel hands us finished packets (no GSO, no partial checksums) on reads.
+write coalesced TCP segments as one GSO packet (:mod:`wgpy.io.gro`).
+
+With ``offload=True`` as well, ``TUNSETOFFLOAD`` asks for TCP (and, where the kernel has it,
+UDP) super-packets and partial checksums on reads (:mod:`tun.offload`); ``offload`` tells
+which flags the kernel took (0: none, reads stay plain packets). The fast path splits what it
+reads itself; ``read``/``read_into`` split too, and return the segments one per call.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import struct
 
 import pytun
 
+from tun import offload as _offload
 from tun.base import VNET_HDR_LEN, ZERO_VNET_HDR, TunError, validate_ifname
 
 _DEV_TUN = "/dev/net/tun"
@@ -78,6 +83,8 @@ class LinuxTun:
     more (one fd per worker, as boringtun).
 
     ``vnet_hdr=True`` adds ``IFF_VNET_HDR`` (module docstring); ``vnet_hdr`` tells which.
+    ``offload=True`` (with ``vnet_hdr``) asks for send offloads: TSO/USO super-packets on reads
+    (module docstring); ``offload`` tells which flags the kernel took.
     """
 
     def __init__(
@@ -89,6 +96,7 @@ class LinuxTun:
         mtu: int | None = None,
         dev_path: str = _DEV_TUN,
         vnet_hdr: bool = False,
+        offload: bool = False,
     ) -> None:
         validate_ifname(name)
         if not os.path.exists(dev_path):
@@ -103,6 +111,9 @@ class LinuxTun:
         self._dev_path = dev_path
         self.vnet_hdr = vnet_hdr
         self._hdr = bytearray(VNET_HDR_LEN)  # where reads put the header they drop
+        self.offload = 0  # the TUNSETOFFLOAD flags in force
+        self._segments: list[bytes] = []  # of a split super-packet, not yet read (reversed)
+        self.segmenter: _offload.Segmenter | None = None
         try:
             self._dev = pytun.TunTapDevice(
                 name=name,
@@ -120,6 +131,8 @@ class LinuxTun:
         self._ctl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._ifname = self._name.encode()
         os.set_blocking(self._fd, False)
+        if offload and vnet_hdr:
+            self.set_offload(_offload.TSO | _offload.USO)
         if mtu is not None:
             try:
                 self.set_mtu(mtu)
@@ -163,15 +176,70 @@ class LinuxTun:
 
     def read(self) -> bytes:
         """One IP packet; ``BlockingIOError`` when the queue is empty."""
+        if self._segments:
+            return self._segments.pop()
+        if self.offload:
+            return self._read_offloaded()
         if self.vnet_hdr:
             return os.read(self._fd, VNET_HDR_LEN + _READ_SIZE)[VNET_HDR_LEN:]
         return os.read(self._fd, _READ_SIZE)
 
     def read_into(self, buf: bytearray | memoryview) -> int:
         """Read one packet into ``buf`` (truncated if it does not fit); return its length."""
+        if self.offload or self._segments:
+            packet = self.read()
+            n = min(len(packet), len(buf))
+            buf[:n] = packet[:n]
+            return n
         if self.vnet_hdr:
             return max(0, os.readv(self._fd, [self._hdr, buf]) - VNET_HDR_LEN)
         return os.readv(self._fd, [buf])
+
+    @property
+    def pending(self) -> int:
+        """Segments of a split super-packet that ``read`` returns before reading again."""
+        return len(self._segments)
+
+    def set_offload(self, flags: int) -> int:
+        """``TUNSETOFFLOAD``: ask for ``flags``; without USO if the kernel refuses it, none if
+        it refuses TSO too. Returns (and keeps in ``offload``) the flags now in force."""
+        if not self.vnet_hdr:
+            raise TunError("offloads need a TUN opened with vnet_hdr=True")
+        for want in (flags, flags & ~_offload.USO, 0):
+            try:
+                fcntl.ioctl(self._fd, _offload.TUNSETOFFLOAD, want)
+            except OSError:
+                continue
+            self.offload = want
+            return want
+        self.offload = 0
+        return 0
+
+    def _read_offloaded(self) -> bytes:
+        """One read with offloads on: a super-packet is split (its first segment returned,
+        the rest kept for the next calls), a partial checksum completed; a packet that
+        cannot be split is skipped (the next one read)."""
+        while True:
+            raw = bytearray(os.read(self._fd, VNET_HDR_LEN + _READ_SIZE))
+            hdr = _offload.VNET_HDR.unpack_from(raw, 0)
+            n = len(raw) - VNET_HDR_LEN
+            if hdr[1] != _offload.GSO_NONE:
+                if self.segmenter is None:
+                    self.segmenter = _offload.Segmenter()
+                seg = self.segmenter
+                rows = seg.split(raw, VNET_HDR_LEN, n, hdr, self.mtu)
+                if rows == 0:
+                    continue
+                view, stride = seg.view, seg.stride
+                out = [bytes(view[k * stride : k * stride + seg.lengths[k]]) for k in range(rows)]
+                out.reverse()
+                self._segments = out
+                return self._segments.pop()
+            if hdr[0] & _offload.NEEDS_CSUM and not _offload.complete_checksum(
+                raw, VNET_HDR_LEN, n, hdr[4], hdr[5]
+            ):
+                continue
+            return bytes(raw[VNET_HDR_LEN:])
 
     def write(self, packet: bytes | bytearray | memoryview) -> int:
         """Inject one IP packet into the kernel's stack as if received on this interface."""

@@ -219,3 +219,28 @@ def test_gro_coalesce_47_segments(benchmark: Any) -> None:
 
     benchmark(run)
     assert gro.segments == 47 * gro.coalesced and written[-1] == 10 + 52 + 47 * 1368
+
+
+def _tso_read() -> tuple[bytearray, int, tuple[int, ...]]:
+    """A 64 KiB TCP super-packet as a TSO read hands it over (47 × 1368 + 300 bytes of payload,
+    timestamps), in a buffer with room behind it; its virtio_net_hdr fields."""
+    from tests.test_offload import super_packet
+    from tun.offload import GSO_TCPV4, NEEDS_CSUM
+
+    pkt, ihl, thl = super_packet(4, 6, bytes(range(256)) * 252, opts=12)
+    buf = bytearray(10) + pkt + bytearray(1400)
+    return buf, len(pkt), (NEEDS_CSUM, GSO_TCPV4, ihl + thl, 1368, ihl, 16)
+
+
+@pytest.mark.parametrize("how", ["in_place", "split"])
+def test_tso_split_48_segments(benchmark: Any, how: str) -> None:
+    """A TSO read cut into 48 checksummed segments (tun.offload): headers only (``in_place``)
+    or every segment copied (``split``); per segment, divide by 48. Needs numpy."""
+    from tun.offload import Segmenter
+
+    seg = Segmenter()
+    if not seg.vectorised:
+        pytest.skip("numpy not installed")
+    buf, n, hdr = _tso_read()
+    cut = seg.headers_in_place if how == "in_place" else seg.split
+    assert benchmark(cut, buf, 10, n, hdr, 1420) == 48

@@ -53,6 +53,15 @@ def wanted() -> bool:
     return os.environ.get("WGPY_TUN_GRO", "1") != "0"
 
 
+def tso_wanted() -> bool:
+    """Whether those TUNs also take send offloads (``TUNSETOFFLOAD``, super-packets on reads,
+    :mod:`tun.offload`): only with ``WGPY_TUN_TSO=1`` (and GRO not off). Off by default: in
+    Python the split costs about what the reads it saves cost (TCP CPU per GB unchanged), and
+    with ``TUN_F_CSUM`` every other locally sent TCP/UDP packet needs its checksum computed
+    here (UDP at 500 Mbit/s lost throughput; docs/benchmarks.md, section 9)."""
+    return wanted() and os.environ.get("WGPY_TUN_TSO", "0") == "1"
+
+
 def ones_sum(data: bytes | bytearray | memoryview) -> int:
     """The Internet checksum's ones'-complement sum of ``data`` (even length), folded to 16
     bits: a big-endian integer of 16-bit words is congruent to their sum modulo 0xFFFF."""

@@ -185,10 +185,14 @@ class DeviceRunner:
             if error is not None:
                 self.stop(error)
             return
-        read = self.tun.read
+        tun = self.tun
+        read = tun.read
         receive = self.device.receive_tun_packet
         now = self.clock()
-        for _ in range(BATCH):
+        budget = BATCH
+        # a split super-packet's segments (LinuxTun with offloads) are all read in this call
+        while budget > 0 or getattr(tun, "pending", None):
+            budget -= 1
             try:
                 packet = read()
             except BlockingIOError:
@@ -362,6 +366,10 @@ class DeviceRunner:
             out["tun_gso_writes"] = gro.coalesced
             out["tun_gso_segments"] = gro.segments
             out["tun_gso_refused"] = int(gro.refused)  # the kernel took none: turned off
+        tso = self.fast.tso if self.fast else getattr(self.tun, "segmenter", None)
+        if tso is not None:  # super-packets read from the TUN and split (tun.offload)
+            out["tun_tso_reads"] = tso.split_packets
+            out["tun_tso_segments"] = tso.segments
         return out
 
     def close(self) -> None:

@@ -182,7 +182,13 @@ class TunnelRuntime:
                     raise TunnelError(f"tunnel {t.name}: {e}") from None
             self.endpoint = resolve_endpoint_within(*t.peer_endpoint, self.lease_left())
             try:
-                tun = LinuxTun(t.name, create_only=True, mtu=MTU, vnet_hdr=gro.wanted())
+                tun = LinuxTun(
+                    t.name,
+                    create_only=True,
+                    mtu=MTU,
+                    vnet_hdr=gro.wanted(),
+                    offload=gro.tso_wanted(),
+                )
             except TunError as e:
                 raise TunnelError(f"tunnel {t.name}: {e}") from None
             now = self.clock()

@@ -112,6 +112,7 @@ def run(ifname: str, *, foreground: bool, socket_dir: str = SOCKET_DIR) -> int:
             mtu=DEFAULT_MTU,
             dev_path=os.environ.get("WGPY_TUN_DEVICE", "/dev/net/tun"),
             vnet_hdr=gro.wanted(),
+            offload=gro.tso_wanted(),
         )
     except TunError as e:
         print(f"wgpy-userspace: {e}", file=sys.stderr)
