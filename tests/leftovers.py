@@ -69,20 +69,53 @@ def _environ(pid: int) -> bytes:
         return b""
 
 
+def _execing(pid: int) -> bool:
+    """Whether a process without an environment may be one mid-execve: not a zombie, not a
+    kernel thread (kthreadd, PID 2, and its children)."""
+    try:
+        state, ppid = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[:2]
+    except (OSError, ValueError):
+        return False
+    return state != "Z" and pid != 2 and ppid not in ("0", "2")
+
+
 def processes_of_run(run_id: str) -> list[int]:
-    """PIDs of live processes whose environment carries ``WGPY_TEST_RUN=run_id``."""
+    """PIDs of live processes whose environment carries ``WGPY_TEST_RUN=run_id``.
+
+    A process still inside execve shows an empty environment: the parent of a vfork (as
+    ``subprocess`` starts children) resumes before the kernel has set up the new program's
+    stack. So processes seen without one (kernel threads aside) are read again, for up to
+    a second, before they count as not ours."""
     marker = f"{ENV}={run_id}".encode()
     me = os.getpid()
     found = []
+    unsure = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
-        if marker in _environ(int(entry.name)).split(b"\0"):
-            with contextlib.suppress(OSError):  # a zombie is already gone for our purpose
-                if (entry / "stat").read_text().split(") ", 1)[1][0] == "Z":
-                    continue
-            found.append(int(entry.name))
-    return sorted(found)
+        pid = int(entry.name)
+        env = _environ(pid)
+        if not env and _execing(pid):
+            unsure.append(pid)
+        elif marker in env.split(b"\0"):
+            found.append(pid)
+    deadline = time.monotonic() + 1.0
+    while unsure and time.monotonic() < deadline:
+        time.sleep(0.02)
+        still = []
+        for pid in unsure:
+            env = _environ(pid)
+            if marker in env.split(b"\0"):
+                found.append(pid)
+            elif not env and _execing(pid):
+                still.append(pid)
+        unsure = still
+    live = []
+    for pid in found:
+        with contextlib.suppress(OSError):  # a zombie is already gone for our purpose
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z":
+                live.append(pid)
+    return sorted(live)
 
 
 def _cmdline(pid: int) -> str:
