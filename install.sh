@@ -8,6 +8,9 @@ pkgs=(python3 python3-venv python3-dev gcc iproute2 iputils-ping util-linux wire
 # The image test (tests/test_image.py): podman with runc (Debian 12's crun 1.8 refuses these
 # VMs' cgroup layout), and debootstrap for the local Debian base it builds the image on.
 pkgs+=(podman runc debootstrap)
+# The kernel-uml interop peer's root filesystem (debootstrap, and busybox for its command
+# channel); its kernel's build dependencies are installed by the build itself, when it builds.
+pkgs+=(busybox-static)
 # kubectl (Debian: kubernetes-client) for the deploy/ dry-run tests; an existing kubectl from
 # another package (e.g. the Cloud SDK's) is kept, as installing over it would conflict
 command -v kubectl >/dev/null 2>&1 || pkgs+=(kubernetes-client)
@@ -32,3 +35,7 @@ if ! log=$(.venv/bin/python -m pip install -q --disable-pip-version-check --no-d
   exit 1
 fi
 echo "wgpy installed in $(pwd)/.venv"
+# The kernel's WireGuard as a User-Mode Linux guest, for the kernel interop tests: built once per
+# machine and recipe (about 5 minutes), found in /var/cache/wgpy/uml afterwards (about 0.1 s).
+# WGPY_UML_KERNEL=/path/to/linux uses a prebuilt kernel instead.
+.venv/bin/python -m wgpy.testbed.uml

@@ -13,12 +13,14 @@ minutes on a shared machine, more than the ``ping_*`` figures taken a minute apa
 away (docs/benchmarks.md, section 5). Those figures are kept, for comparison.
 
 Cases: ``veth`` (bare veth, the physical limit), ``wireguard-go`` (the baseline), ``kernel``
-(when ``ip link add X type wireguard`` works) and, for every ``--impl NAME=ARGV``: ``NAME``
-(both sides), ``NAME->wireguard-go`` and ``wireguard-go->NAME`` (A is the handshake
-initiator). ``--upstream PATH`` adds ``upstream``: a current wireguard-go build (with the
-GSO/GRO and TUN offloads that the packaged 2022 one lacks) on both sides, the reference the
-targets are set against. The cases of one run execute back to back, so ratios pair figures of
-the same run. The report says which binary and version each case ran (``versions``).
+(when ``ip link add X type wireguard`` works; never the User-Mode Linux guest of the interop
+tests, whose 35-65 MB/s measure UML, not kernel WireGuard) and, for every
+``--impl NAME=ARGV``: ``NAME`` (both sides), ``NAME->wireguard-go`` and ``wireguard-go->NAME``
+(A is the handshake initiator). ``--upstream PATH`` adds ``upstream``: a current wireguard-go
+build (with the GSO/GRO and TUN offloads that the packaged 2022 one lacks) on both sides, the
+reference the targets are set against. The cases of one run execute back to back, so ratios
+pair figures of the same run. The report says which binary and version each case ran
+(``versions``).
 
 Writes ``bench-STAMP.json``, ``.md`` and (with matplotlib) ``.png`` to ``benchmarks/results/``.
 Needs root, iperf3, ping, ip, nsenter, wg and wireguard-go.
@@ -69,6 +71,8 @@ class Case:
 
     def describe(self) -> dict[str, Any]:
         def show(i: tb.ImplSpec | None) -> Any:
+            if isinstance(i, tb.KernelUmlImpl):  # never to be read as kernel WireGuard's speed
+                return "kernel-uml (User-Mode Linux guest)"
             return "veth" if i is None else "kernel" if isinstance(i, tb.KernelImpl) else list(i)
 
         return {"impl_a": show(self.impl_a), "impl_b": show(self.impl_b)}

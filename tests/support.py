@@ -84,3 +84,15 @@ def tcp_transfer(
         sink.kill()
         sink.wait()
     return sent, got
+
+
+def require_uml() -> None:
+    """Skip (saying how to build it) when the kernel-uml guest's kernel or root filesystem is
+    missing; fail instead under CI, which must run the kernel tests."""
+    from wgpy.testbed.uml import build
+
+    if build.find() is None:
+        reason = build.missing_reason()
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the kernel-uml tests: {reason}", pytrace=False)
+        pytest.skip(reason)

@@ -183,6 +183,15 @@ def test_cli_parsing_and_case_plan() -> None:
     ]
 
 
+def test_kernel_case_is_the_module_and_uml_is_labelled_uml() -> None:
+    from benchmarks.run import Case
+
+    kernel = next(c for c in plan_cases([]) if c.name == "kernel")
+    assert isinstance(kernel.impl_a, tb.KernelImpl) and isinstance(kernel.impl_b, tb.KernelImpl)
+    uml = Case("wgpy->kernel-uml", ["wgpy-userspace"], tb.KERNEL_UML).describe()
+    assert uml["impl_b"] == "kernel-uml (User-Mode Linux guest)"
+
+
 def test_upstream_is_a_case_of_its_own_and_each_case_names_what_it_ran() -> None:
     cases = plan_cases([("wgpy", ["wgpy-userspace"])], "/opt/wg/wireguard-go-new")
     names = [c.name for c in cases]

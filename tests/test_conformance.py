@@ -1,4 +1,5 @@
-"""``wgpy conformance``: runner and reports; the full suite against wgpy and wireguard-go."""
+"""``wgpy conformance``: runner and reports; the full suite against wgpy, wireguard-go and the
+kernel (in a UML guest)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import needs_root
+from tests.support import needs_root, require_uml
 from wgpy.harness import conformance
 from wgpy.harness.checks import CHECKS, Check, CheckFailed, Context, NotApplicable
 from wgpy.harness.report import Result, Status, render_junit, render_markdown, render_text
@@ -76,8 +77,10 @@ def test_missing_implementation_is_not_applicable(tmp_path: Path) -> None:
 
 @pytest.mark.interop
 @needs_root
-@pytest.mark.parametrize("target", ["wgpy", "wireguard-go"])
+@pytest.mark.parametrize("target", ["wgpy", "wireguard-go", "kernel-uml"])
 def test_full_suite(target: str, tmp_path: Path) -> None:
+    if target == "kernel-uml":  # the kernel's WireGuard in a User-Mode Linux guest
+        require_uml()
     junit = tmp_path / "conformance.xml"
     rc = conformance.main(["--target", target, "--junit", str(junit)])
     suite = ET.parse(junit).getroot().find("testsuite")

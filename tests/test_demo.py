@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import needs_root
+from tests.support import needs_root, require_uml
 from wgpy import testbed
 
 REPO = Path(__file__).resolve().parent.parent
@@ -20,7 +20,7 @@ DEMO = [sys.executable, "-m", "wgpy", "demo"]
 
 
 def _leftovers(pid: int) -> tuple[list[str], list[str]]:
-    """Namespaces and supervisor processes the demo with ``pid`` may have left."""
+    """Namespaces, supervisor and UML guest processes the demo with ``pid`` may have left."""
     ns = [n for n in testbed.list_netns() if n.startswith(f"{testbed.NS_PREFIX}-{pid}-")]
     procs = []
     for p in Path("/proc").iterdir():
@@ -32,15 +32,17 @@ def _leftovers(pid: int) -> tuple[list[str], list[str]]:
         except OSError:
             continue
         ppid = re.search(r"^PPid:\s+(\d+)", status, re.M)
-        if ppid and int(ppid.group(1)) == pid and "supervisor" in cmd:
+        if ppid and int(ppid.group(1)) == pid and ("supervisor" in cmd or "wgpy_run=" in cmd):
             procs.append(cmd)
     return ns, procs
 
 
 @pytest.mark.interop
 @needs_root
-@pytest.mark.parametrize("vpn_node", ["wgpy", "wireguard-go"])
+@pytest.mark.parametrize("vpn_node", ["wgpy", "wireguard-go", "kernel"])
 def test_demo_runs_and_shows_failover(vpn_node: str) -> None:
+    if vpn_node == "kernel":  # the kernel's WireGuard in a UML guest
+        require_uml()
     t0 = time.monotonic()
     proc = subprocess.Popen(
         [*DEMO, "--vpn-node", vpn_node],
@@ -104,3 +106,15 @@ def test_demo_refuses_without_root(
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert demo.main([]) == 1
     assert "needs root" in capsys.readouterr().err
+
+
+@needs_root
+def test_demo_kernel_without_a_uml_kernel_says_how_to_get_one(tmp_path: Path) -> None:
+    env = {**os.environ, "WGPY_UML_KERNEL": str(tmp_path / "no-such-kernel")}
+    res = subprocess.run(
+        [*DEMO, "--vpn-node", "kernel"], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=60, check=False,
+    )
+    assert res.returncode == 1
+    assert "no UML kernel at" in res.stderr and "python -m wgpy.testbed.uml" in res.stderr
+    assert res.stdout == ""

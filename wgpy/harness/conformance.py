@@ -6,6 +6,7 @@ Usage::
     wgpy conformance --target wgpy --skip keepalive-timeout
     wgpy conformance --target "/opt/bin/my-wg --verbose"     # any `CMD -f IFACE` implementation
     wgpy conformance --target kernel                          # needs the wireguard module
+    wgpy conformance --target kernel-uml      # the kernel's WireGuard in a User-Mode Linux guest
     wgpy conformance --uapi /run/wireguard/wg0.sock --tunnel-ip 10.0.0.1 [--netns NAME]
     wgpy conformance --list
 
@@ -39,6 +40,8 @@ from wgpy.harness.checks import (
 from wgpy.harness.peer import HarnessError
 from wgpy.harness.report import Result, Status, render_junit, render_markdown, render_text
 from wgpy.harness.target import KNOWN, NamespaceTarget, Target, TargetError, UapiTarget
+from wgpy.harness.uml import UmlNamespaceTarget
+from wgpy.testbed.uml import build as uml_build
 
 WGPY_IMPL = [sys.executable, "-m", "wgpy.tools.userspace"]
 
@@ -88,6 +91,8 @@ def resolve_target(spec: str) -> tuple[str, tb.ImplSpec, str | None]:
         return "wgpy", WGPY_IMPL, None
     if spec == "kernel":
         return "kernel", tb.KERNEL, None
+    if spec == "kernel-uml":
+        return "kernel-uml", tb.KERNEL_UML, None
     argv = KNOWN.get(spec) or shlex.split(spec)
     missing = None if shutil.which(argv[0]) else argv[0]
     return spec, argv, missing
@@ -114,7 +119,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     where = p.add_mutually_exclusive_group()
     where.add_argument(
         "--target",
-        help="wireguard-go, wgpy, kernel, boringtun, or a command run as `CMD -f IFACE`",
+        help="wireguard-go, wgpy, kernel, kernel-uml, boringtun, or a command run as "
+        "`CMD -f IFACE`",
     )
     where.add_argument("--uapi", metavar="SOCKET", help="use an existing, configured device")
     p.add_argument("--netns", help="with --uapi: the device's network namespace")
@@ -169,8 +175,15 @@ def main(argv: list[str], prog: str = "wgpy conformance") -> int:
             results = not_applicable(checks, f"{missing} is not installed")
         elif isinstance(impl, tb.KernelImpl) and not tb.kernel_wireguard_available():
             results = not_applicable(checks, "no WireGuard kernel module")
+        elif isinstance(impl, tb.KernelUmlImpl) and uml_build.find() is None:
+            results = not_applicable(checks, uml_build.missing_reason())
         else:
-            with NamespaceTarget(impl, name=label) as started:
+            runner = (
+                UmlNamespaceTarget(name=label)
+                if isinstance(impl, tb.KernelUmlImpl)
+                else NamespaceTarget(impl, name=label)
+            )
+            with runner as started:
                 results = run_suite(started, checks, flood_count=args.flood, progress=show)
     text = render_text(label, results)
     print(text.splitlines()[-1])

@@ -173,7 +173,7 @@ class UapiTarget(Target):
 class WgToolTarget(Target):
     """A target configured with the ``wg`` tool (the kernel module has no UAPI socket)."""
 
-    def __init__(self, instance: tb.KernelWg) -> None:
+    def __init__(self, instance: tb.KernelWg | tb.UmlGuest) -> None:
         super().__init__()
         self.instance = instance
         self.netns = instance.ns.name
@@ -235,8 +235,9 @@ class NamespaceTarget:
     """Start an implementation in a fresh namespace and configure it (context manager).
 
     ``impl`` is an argv prefix (``["wireguard-go"]``, ``[sys.executable, "-m",
-    "wgpy.tools.userspace"]``) or :data:`wgpy.testbed.KERNEL`. On exit the process is stopped and
-    the namespace deleted, also after a failure.
+    "wgpy.tools.userspace"]``) or :data:`wgpy.testbed.KERNEL` (for
+    :data:`wgpy.testbed.KERNEL_UML`, :class:`wgpy.harness.uml.UmlNamespaceTarget`). On exit
+    the process is stopped and the namespace deleted, also after a failure.
     """
 
     def __init__(self, impl: tb.ImplSpec, *, name: str, start_timeout: float = 10.0) -> None:
@@ -244,7 +245,7 @@ class NamespaceTarget:
         self.name = name
         self.start_timeout = start_timeout
         self.ns: tb.Namespace | None = None
-        self.instance: tb.WgInstance | tb.KernelWg | None = None
+        self.instance: tb.WgInstance | tb.KernelWg | tb.UmlGuest | None = None
         self.target: Target | None = None
 
     def __enter__(self) -> Target:
@@ -257,17 +258,7 @@ class NamespaceTarget:
     def _start(self) -> Target:
         self.ns = tb.Namespace("wgpyh").create()
         self.ns.ip("addr", "add", "127.0.0.2/8", "dev", "lo")
-        target: Target
-        if isinstance(self.impl, tb.KernelImpl):
-            kern = tb.KernelWg(self.ns, "wg0").start()
-            self.instance = kern
-            target = WgToolTarget(kern)
-        else:
-            inst = tb.WgInstance(
-                self.ns, self.impl, "wg0", start_timeout=self.start_timeout
-            ).start()
-            self.instance = inst
-            target = UapiTarget(inst.socket_path, netns=self.ns.name, name=self.name)
+        target = self._make(self.ns)
         private = crypto.generate_private_key()
         if isinstance(target, WgToolTarget):
             kern_inst = target.instance
@@ -285,15 +276,28 @@ class NamespaceTarget:
         target.public_key = crypto.public_key(private)
         target.private_key = private
         target.name = self.name
+        assert self.instance is not None  # set by _make
         self.instance.address(f"{TARGET_TUNNEL_IP}/24")
         self.instance.up(TARGET_MTU)
         self.target = target
         return target
 
+    def _make(self, ns: tb.Namespace) -> Target:
+        """Start the implementation in `ns` (kept in ``self.instance``); its unconfigured target."""
+        if isinstance(self.impl, tb.KernelImpl):
+            kern = tb.KernelWg(ns, "wg0").start()
+            self.instance = kern
+            return WgToolTarget(kern)
+        if isinstance(self.impl, tb.KernelUmlImpl):
+            raise TargetError("kernel-uml: use wgpy.harness.uml.UmlNamespaceTarget")
+        inst = tb.WgInstance(ns, self.impl, "wg0", start_timeout=self.start_timeout).start()
+        self.instance = inst
+        return UapiTarget(inst.socket_path, netns=ns.name, name=self.name)
+
     def output(self) -> str:
-        """The implementation's own log output (userspace targets)."""
+        """The implementation's own log output (userspace targets; the guest's console)."""
         inst = self.instance
-        return inst.output() if isinstance(inst, tb.WgInstance) else ""
+        return inst.output() if isinstance(inst, tb.WgInstance | tb.UmlGuest) else ""
 
     def close(self) -> None:
         for obj in (self.instance, self.ns):

@@ -56,11 +56,14 @@ from wgpy.testbed.proc import (
     wait_for,
     wait_until,
 )
+from wgpy.testbed.uml.guest import UmlGuest
 from wgpy.testbed.wg import (
     KERNEL,
+    KERNEL_UML,
     ImplSpec,
     InterfaceDump,
     KernelImpl,
+    KernelUmlImpl,
     KernelWg,
     PeerConf,
     PeerDump,
@@ -78,7 +81,9 @@ __all__ = [
     "ImplSpec",
     "InterfaceDump",
     "KERNEL",
+    "KERNEL_UML",
     "KernelImpl",
+    "KernelUmlImpl",
     "KernelWg",
     "NS_PREFIX",
     "Namespace",
@@ -91,6 +96,7 @@ __all__ = [
     "TUN_IP_A",
     "TUN_IP_B",
     "TestbedError",
+    "UmlGuest",
     "VETH_A",
     "VETH_B",
     "Veth",

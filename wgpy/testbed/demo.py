@@ -1,6 +1,7 @@
 """``wgpy demo``: the seed scenario on one machine, in network namespaces, in a few seconds.
 
-A VPN node (wgpy by default, or wireguard-go), two cluster nodes running ``wgpy supervisor``
+A VPN node (wgpy by default, wireguard-go, or the kernel's WireGuard in a User-Mode Linux
+guest), two cluster nodes running ``wgpy supervisor``
 in embedded mode with the same tunnels file and a shared lock, and an external client. The
 client's requests to the VIP (TCP 6443, UDP 53) are answered through the tunnel by whichever
 node leads; the demo kills the leader (SIGKILL), measures how long until the other node
@@ -75,8 +76,9 @@ def run_demo(vpn_node: str, out: IO[str]) -> int:
     from wgpy.testbed.topology import Topology, tunnels_yaml
 
     rep = Report(out)
+    node = "kernel WireGuard in a UML guest" if vpn_node == "kernel" else vpn_node
     print(
-        f"wgpy demo: kube-vip's WireGuard mode on userspace WireGuard (VPN node: {vpn_node})",
+        f"wgpy demo: kube-vip's WireGuard mode on userspace WireGuard (VPN node: {node})",
         file=out,
         flush=True,
     )
@@ -187,9 +189,10 @@ def main(argv: list[str], prog: str = "wgpy demo") -> int:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--vpn-node",
-        choices=("wgpy", "wireguard-go"),
+        choices=("wgpy", "wireguard-go", "kernel"),
         default="wgpy",
-        help="WireGuard implementation of the VPN node (default: wgpy)",
+        help="WireGuard implementation of the VPN node (default: wgpy); kernel: the kernel's "
+        "WireGuard in a User-Mode Linux guest (python -m wgpy.testbed.uml makes it)",
     )
     args = p.parse_args(argv)
     if os.geteuid() != 0:
@@ -200,6 +203,12 @@ def main(argv: list[str], prog: str = "wgpy demo") -> int:
     if missing:
         print(f"{prog}: missing tools: {', '.join(missing)}", file=sys.stderr)
         return 1
+    if args.vpn_node == "kernel":
+        from wgpy.testbed.uml import build
+
+        if build.find() is None:
+            print(f"{prog}: --vpn-node kernel: {build.missing_reason()}", file=sys.stderr)
+            return 1
     from wgpy import testbed
 
     testbed.install_signal_handlers()  # SIGTERM/SIGHUP unwind the with-blocks as Ctrl-C does

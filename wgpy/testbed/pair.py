@@ -10,9 +10,11 @@ from typing import Self
 
 from wgpy.testbed.netns import Namespace, Veth, veth
 from wgpy.testbed.proc import DEFAULT_IMPL, NS_PREFIX, TestbedError, WaitTimeout, wait_for
+from wgpy.testbed.uml.guest import UmlGuest
 from wgpy.testbed.wg import (
     ImplSpec,
     KernelImpl,
+    KernelUmlImpl,
     KernelWg,
     PeerConf,
     WgInstance,
@@ -33,14 +35,16 @@ TUN_A, TUN_B = f"{TUN_IP_A}/24", f"{TUN_IP_B}/24"
 class Pair:
     """Two namespaces joined by a veth, one WireGuard instance each, configured as peers.
 
-    Tunnel addresses ``10.99.0.1`` (A) and ``10.99.0.2`` (B); the veth carries the UDP.
+    Tunnel addresses ``10.99.0.1`` (A) and ``10.99.0.2`` (B); the veth carries the UDP. A
+    :data:`~wgpy.testbed.KERNEL_UML` side is a guest bridged onto the veth: its tunnel address
+    lives in the guest, so commands for that side go through :meth:`runner`.
     """
 
     ns_a: Namespace
     ns_b: Namespace
     veth: Veth
-    wg_a: WgInstance | KernelWg
-    wg_b: WgInstance | KernelWg
+    wg_a: WgInstance | KernelWg | UmlGuest
+    wg_b: WgInstance | KernelWg | UmlGuest
     pub_a: str
     pub_b: str
     port: int
@@ -59,13 +63,20 @@ class Pair:
         interval: float = 0.2,
     ) -> subprocess.CompletedProcess[str]:
         """Ping the other side's tunnel address (unchecked: look at ``returncode``)."""
-        ns, dst = (self.ns_a, self.tun_ip_b) if from_a else (self.ns_b, self.tun_ip_a)
+        ns, dst = (
+            (self.runner(True), self.tun_ip_b) if from_a else (self.runner(False), self.tun_ip_a)
+        )
         argv = ["ping", "-n", "-c", str(count), "-i", str(interval), "-W", str(timeout)]
         if size is not None:
             argv += ["-s", str(size)]
         if dont_fragment:
             argv += ["-M", "do"]
         return ns.run([*argv, dst], check=False, timeout=count * (interval + timeout) + 10)
+
+    def runner(self, side_a: bool) -> Namespace | UmlGuest:
+        """Where a command for side A (or B) runs: its namespace, or the UML guest."""
+        ns, w = (self.ns_a, self.wg_a) if side_a else (self.ns_b, self.wg_b)
+        return w if isinstance(w, UmlGuest) else ns
 
     def wait_handshake(self, timeout: float = 10.0) -> None:
         """Ping A→B until one reply arrives (the first packets trigger the handshake)."""
@@ -95,8 +106,14 @@ class Pair:
 
 
 def _start_impl(
-    ns: Namespace, impl: ImplSpec, env: dict[str, str] | None, start_timeout: float
-) -> WgInstance | KernelWg:
+    ns: Namespace,
+    impl: ImplSpec,
+    env: dict[str, str] | None,
+    start_timeout: float,
+    link: tuple[str, str],
+) -> WgInstance | KernelWg | UmlGuest:
+    if isinstance(impl, KernelUmlImpl):  # the guest takes the veth end's place and address
+        return UmlGuest(ns, link[1], bridge=[link[0]]).start()
     if isinstance(impl, KernelImpl):
         return KernelWg(ns, "wg0").start()
     return WgInstance(ns, impl, "wg0", env=env, start_timeout=start_timeout).start()
@@ -115,18 +132,18 @@ def make_pair(
 ) -> Pair:
     """Build the pair testbed (use as a context manager; everything is removed on exit).
 
-    `impl_a`/`impl_b` are argv prefixes or :data:`KERNEL`. Keys come from ``wg genkey``;
-    with `psk` both sides share a ``wg genpsk`` key. No handshake is forced: call
-    :meth:`Pair.wait_handshake`.
+    `impl_a`/`impl_b` are argv prefixes, :data:`KERNEL` or :data:`KERNEL_UML`. Keys come
+    from ``wg genkey``; with `psk` both sides share a ``wg genpsk`` key. No handshake is
+    forced: call :meth:`Pair.wait_handshake`.
     """
     ns_a = Namespace(prefix).create()
     ns_b: Namespace | None = None
-    wgs: list[WgInstance | KernelWg] = []
+    wgs: list[WgInstance | KernelWg | UmlGuest] = []
     try:
         ns_b = Namespace(prefix).create()
         link = veth(ns_a, ns_b, VETH_A, VETH_B)
-        wgs.append(_start_impl(ns_a, impl_a, env, start_timeout))
-        wgs.append(_start_impl(ns_b, impl_b, env, start_timeout))
+        wgs.append(_start_impl(ns_a, impl_a, env, start_timeout, (link.name_a, VETH_A)))
+        wgs.append(_start_impl(ns_b, impl_b, env, start_timeout, (link.name_b, VETH_B)))
         priv_a, priv_b = genkey(), genkey()
         pub_a, pub_b = pubkey(priv_a), pubkey(priv_b)
         shared = genpsk() if psk else None

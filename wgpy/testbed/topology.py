@@ -2,7 +2,7 @@
 
 ::
 
-      client ──veth── vpn (WireGuard server: wireguard-go or wgpy) ──┐
+      client ──veth── vpn (WireGuard server: wireguard-go, wgpy or kernel) ─┐
     10.77.{1,2,3}.2   10.77.{1,2,3}.1        10.77.0.1              │ bridge br0 in
                                                                      │ namespace "underlay"
                          node a 10.77.0.11 ─────────────────────────┤ (10.77.0.0/24)
@@ -13,6 +13,10 @@
   Its single peer is the cluster's shared public key with AllowedIPs = the tunnel's VIP/32 and
   **no endpoint**: it learns (roams to) whichever node connects. IP forwarding is on and the
   VIP is routed into the interface, so the client's packets for the VIP enter the tunnel.
+* ``vpn_node="kernel"``: the VPN node is the kernel's WireGuard in a User-Mode Linux guest
+  (:class:`wgpy.testbed.UmlGuest`, one tunnel only). The guest boots in the ``vpn`` namespace,
+  which bridges its two links (underlay and client) onto the guest's link; the guest holds the
+  addresses above, forwards, and routes the VIP into its ``wg0``.
 * ``client`` routes everything via the VPN node. It has one source address per client network
   (10.77.1.2, 10.77.2.2, 10.77.3.2) so tests can use tunnels with disjoint AllowedIPs and
   sources that a tunnel does or does not allow.
@@ -57,6 +61,7 @@ IMPLS: dict[str, list[str]] = {
     "wireguard-go": ["wireguard-go"],
     "wgpy": [sys.executable, "-m", "wgpy.tools.userspace"],
 }
+KERNEL_VPN = "kernel"  # the kernel's WireGuard in a UML guest (wgpy.testbed.uml)
 
 
 def client_ip(i: int) -> str:
@@ -75,7 +80,7 @@ class VpnTunnel:
     iface: str
     vip: str
     port: int
-    wg: testbed.WgInstance
+    wg: testbed.WgInstance | testbed.UmlGuest
     vpn_public: str
     cluster_private: str = field(repr=False)
     cluster_public: str
@@ -127,9 +132,11 @@ class Topology:
         tunnels: int = 1,
         prefix: str = testbed.NS_PREFIX,
     ) -> None:
-        if vpn_node not in IMPLS:
-            raise ValueError(f"vpn node must be one of {', '.join(IMPLS)}")
-        self.vpn_impl = IMPLS[vpn_node]
+        if vpn_node not in (*IMPLS, KERNEL_VPN):
+            raise ValueError(f"vpn node must be one of {', '.join(IMPLS)}, {KERNEL_VPN}")
+        if vpn_node == KERNEL_VPN and tunnels > 1:
+            raise ValueError("a kernel VPN node (UML guest) has one tunnel")
+        self.vpn_impl = IMPLS.get(vpn_node, [])
         self.vpn_node = vpn_node
         self.prefix = prefix
         self._node_names = list(nodes)
@@ -145,6 +152,8 @@ class Topology:
         self.extra_ips: dict[str, str] = {}
         self.tunnels: dict[str, VpnTunnel] = {}
         self._ports = 0
+        self._client_link = ""
+        self.guest: testbed.UmlGuest | None = None
 
     # -- build -----------------------------------------------------------------------------
 
@@ -186,6 +195,7 @@ class Topology:
             self.client.ip("addr", "add", f"{client_ip(i)}/24", "dev", link.name_a)
             self.vpn.ip("addr", "add", f"{_gateway(i)}/24", "dev", link.name_b)
         self.client.ip("route", "add", "default", "via", _gateway(0))
+        self._client_link = link.name_b
         for _ in range(self._initial_tunnels):
             self.add_vpn_tunnel()
 
@@ -214,8 +224,14 @@ class Topology:
         assert self.vpn is not None
         i = len(self.tunnels)
         iface, vip, port = f"wg{i}", VIPS[i], VPN_PORT_BASE + i
-        wg = testbed.WgInstance(self.vpn, self.vpn_impl, iface).start()
-        self._closeables.append(wg)
+        wg: testbed.WgInstance | testbed.UmlGuest
+        if self.vpn_node == KERNEL_VPN:
+            if i:
+                raise ValueError("a kernel VPN node (UML guest) has one tunnel")
+            wg = self._start_guest()
+        else:
+            wg = testbed.WgInstance(self.vpn, self.vpn_impl, iface).start()
+            self._closeables.append(wg)
         vpn_private, cluster_private = generate_private_key(), generate_private_key()
         t = VpnTunnel(
             iface=iface,
@@ -239,14 +255,32 @@ class Topology:
             peers=[testbed.PeerConf(t.cluster_public, None, [f"{t.vip}/32"])],
         )
         t.wg.up(1420)
-        self.vpn.ip("route", "add", f"{t.vip}/32", "dev", t.iface)
+        where = t.wg if isinstance(t.wg, testbed.UmlGuest) else self.vpn
+        where.run(["ip", "route", "add", f"{t.vip}/32", "dev", t.iface])
+
+    def _start_guest(self) -> testbed.UmlGuest:
+        """Boot the kernel VPN node in ``vpn`` on both of its links, forwarding."""
+        assert self.vpn is not None
+        guest = testbed.UmlGuest(
+            self.vpn, f"{VPN_IP}/24", bridge=("ul0", self._client_link)
+        ).start()
+        self._closeables.append(guest)
+        self.guest = guest
+        for i in range(len(CLIENT_NETS)):
+            guest.run(["ip", "addr", "add", f"{_gateway(i)}/24", "dev", "eth0"])
+        guest.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        return guest
 
     def restart_vpn_tunnel(self, iface: str = "wg0") -> None:
         """Stop the VPN node's implementation for ``iface`` and start it again with the same
         key and peer (a VPN node reboot: every session and learned endpoint is lost)."""
         t = self.tunnels[iface]
         t.wg.stop()
-        t.wg.start()
+        if isinstance(t.wg, testbed.UmlGuest):
+            self._closeables.remove(t.wg)
+            t.wg = self._start_guest()
+        else:
+            t.wg.start()
         self._configure_vpn(t)
 
     def close(self) -> None:

@@ -58,7 +58,18 @@ class KernelImpl:
 
 
 KERNEL = KernelImpl()
-ImplSpec = Sequence[str] | KernelImpl
+
+
+class KernelUmlImpl:
+    """Marker implementation: the kernel's WireGuard in a User-Mode Linux guest
+    (:class:`wgpy.testbed.uml.guest.UmlGuest`), for machines without the wireguard module."""
+
+    def __repr__(self) -> str:
+        return "KERNEL_UML"
+
+
+KERNEL_UML = KernelUmlImpl()
+ImplSpec = Sequence[str] | KernelImpl | KernelUmlImpl
 
 
 def kernel_wireguard_available() -> bool:
