@@ -38,4 +38,9 @@ echo "wgpy installed in $(pwd)/.venv"
 # The kernel's WireGuard as a User-Mode Linux guest, for the kernel interop tests: built once per
 # machine and recipe (about 5 minutes), found in /var/cache/wgpy/uml afterwards (about 0.1 s).
 # WGPY_UML_KERNEL=/path/to/linux uses a prebuilt kernel instead.
-.venv/bin/python -m wgpy.testbed.uml
+# A failed build does not fail the install (wgpy itself works without it): the kernel tests then
+# say how to build it, and fail under CI.
+if ! .venv/bin/python -m wgpy.testbed.uml; then
+  echo "warning: the kernel-uml guest could not be built; kernel interop tests will skip" \
+       "(retry: .venv/bin/python -m wgpy.testbed.uml)" >&2
+fi
