@@ -184,7 +184,9 @@ def test_missing_then_deleted_secret_is_ready_with_no_tunnels(tmp_path: Path) ->
                     "vip": "10.200.0.1/32", "privateKey": KEY, "peerPublicKey": PUB,
                     "peerEndpoint": "10.99.0.1:51820", "listenPort": 51820,
                     "allowedIPs": ["10.100.0.0/16"]}})))
-                await wait_until(lambda: m.running == ["wg0"], what="wg0 up once the Secret exists")
+                # running first, then up (its first status): ready only once both
+                await wait_until(lambda: m.running == ["wg0"] and m.status().ready,
+                                 what="wg0 up and ready once the Secret exists")
                 code, text = await readyz()
                 assert (code, text) == (200, "ready\n")
                 srv.delete("secrets", NS, "wireguard")
