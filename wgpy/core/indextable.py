@@ -59,9 +59,6 @@ class IndexTable:
     def __contains__(self, index: object) -> bool:
         return index in self._entries
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._entries)
-
     def items(self) -> Iterator[tuple[int, Entry]]:
         return iter(self._entries.items())
 

@@ -12,7 +12,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
-from wgpy.io.gro import ones_sum
+from tun.offload import ones_sum
 
 PROTO_ICMP = 1
 PROTO_UDP = 17
@@ -27,9 +27,7 @@ _PROTO_NAMES = {PROTO_ICMP: "icmp", 6: "tcp", PROTO_UDP: "udp", PROTO_ICMPV6: "i
 
 def checksum(data: bytes | bytearray) -> int:
     """The Internet checksum (RFC 1071) of ``data``: the complement of its ones'-complement
-    sum (:func:`wgpy.io.gro.ones_sum`), an odd last byte padded with zero."""
-    if len(data) % 2:
-        data = bytes(data) + b"\0"
+    sum (:func:`tun.offload.ones_sum`, which pads an odd last byte with zero)."""
     return ~ones_sum(data) & 0xFFFF
 
 

@@ -28,6 +28,7 @@ import struct
 from collections.abc import Callable
 
 from tun.base import VNET_HDR_LEN, ZERO_VNET_HDR
+from tun.offload import fold, ones_sum
 
 VNET_HDR = struct.Struct("=BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start/offset
 NEEDS_CSUM = 1
@@ -60,20 +61,6 @@ def tso_wanted() -> bool:
     with ``TUN_F_CSUM`` every other locally sent TCP/UDP packet needs its checksum computed
     here (UDP at 500 Mbit/s lost throughput; docs/benchmarks.md, section 9)."""
     return wanted() and os.environ.get("WGPY_TUN_TSO", "0") == "1"
-
-
-def ones_sum(data: bytes | bytearray | memoryview) -> int:
-    """The Internet checksum's ones'-complement sum of ``data`` (even length), folded to 16
-    bits: a big-endian integer of 16-bit words is congruent to their sum modulo 0xFFFF."""
-    whole = int.from_bytes(data, "big")
-    rest = whole % 0xFFFF
-    return 0xFFFF if rest == 0 and whole else rest
-
-
-def fold(x: int) -> int:
-    while x > 0xFFFF:
-        x = (x & 0xFFFF) + (x >> 16)
-    return x
 
 
 class TcpCoalescer:
