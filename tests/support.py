@@ -96,3 +96,24 @@ def require_uml() -> None:
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the kernel-uml tests: {reason}", pytrace=False)
         pytest.skip(reason)
+
+
+# A's NAT "rebinds": B sees A's packets from port 40000 from now on (a stateless rewrite in A's
+# namespace, so it works the same whatever implementation A runs). For roaming tests.
+NAT_REBIND = """
+table ip roam {
+  chain out { type filter hook output priority -300; udp sport 51820 udp sport set 40000; }
+  chain in { type filter hook prerouting priority -300; udp dport 40000 udp dport set 51820; }
+}
+"""
+
+
+def add_ipv6(p: tb.Pair, prefix: str) -> None:
+    """IPv6 inside a pair's tunnel: ``PREFIX::1`` on A's wg0, ``PREFIX::2`` on B's, each
+    added to the other's allowed IPs (beside its IPv4 tunnel address)."""
+    for w, ns, me, other, v4, pub in (
+        (p.wg_a, p.ns_a, f"{prefix}::1", f"{prefix}::2", p.tun_ip_b, p.pub_b),
+        (p.wg_b, p.ns_b, f"{prefix}::2", f"{prefix}::1", p.tun_ip_a, p.pub_a),
+    ):
+        w.wg("set", "wg0", "peer", pub, "allowed-ips", f"{v4}/32,{other}/128")
+        ns.run(["ip", "-6", "addr", "add", f"{me}/64", "dev", "wg0", "nodad"])

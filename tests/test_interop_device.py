@@ -9,7 +9,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support import IMPLS, interop, json_line, probe, tcp_transfer, wait_listening
+from tests.support import (
+    IMPLS,
+    NAT_REBIND,
+    add_ipv6,
+    interop,
+    json_line,
+    probe,
+    tcp_transfer,
+    wait_listening,
+)
 from wgpy import testbed as tb
 from wgpy.io import uapi_client
 
@@ -139,14 +148,6 @@ def test_persistent_keepalive_seen_on_the_wire(impls: tuple[str, str]) -> None:
         assert len(keepalives) >= 3, "\n".join(lines)
 
 
-NAT_REBIND = """
-table ip roam {
-  chain out { type filter hook output priority -300; udp sport 51820 udp sport set 40000; }
-  chain in { type filter hook prerouting priority -300; udp dport 40000 udp dport set 51820; }
-}
-"""
-
-
 def test_roaming_endpoint_moves_and_traffic_continues(pair: tb.Pair) -> None:
     pair.wait_handshake()
     assert _peer(pair.wg_b).endpoint == f"{pair.veth.ip_a}:51820"
@@ -186,13 +187,7 @@ def test_tcp_over_ipv6_from_wireguard_go_is_coalesced_intact() -> None:
     """IPv6 inside the tunnel: wgpy writes wireguard-go's TCP segments as TCPV6 GSO packets."""
     with tb.make_pair(IMPLS["wireguard-go"], IMPLS["wgpy"]) as p:
         p.wait_handshake()
-        for w, ns, me, v4, pub in (
-            (p.wg_a, p.ns_a, "fd00:99::1", p.tun_ip_b, p.pub_b),
-            (p.wg_b, p.ns_b, "fd00:99::2", p.tun_ip_a, p.pub_a),
-        ):
-            other = "fd00:99::2" if me.endswith("1") else "fd00:99::1"
-            w.wg("set", "wg0", "peer", pub, "allowed-ips", f"{v4}/32,{other}/128")
-            ns.run(["ip", "-6", "addr", "add", f"{me}/64", "dev", "wg0", "nodad"])
+        add_ipv6(p, "fd00:99")
         sink = p.ns_b.popen([sys.executable, "-c", _V6_SINK], stdout=subprocess.PIPE)
         wait_listening(sink)
         sent = p.ns_a.run([sys.executable, "-c", _V6_SOURCE], timeout=120).stdout.split()

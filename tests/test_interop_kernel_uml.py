@@ -17,7 +17,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support import IMPLS, interop, json_line, probe, require_uml, wait_listening
+from tests.support import (
+    IMPLS,
+    NAT_REBIND,
+    interop,
+    json_line,
+    probe,
+    require_uml,
+    wait_listening,
+)
 from wgpy import testbed as tb
 from wgpy.core.constants import REKEY_AFTER_TIME
 
@@ -137,14 +145,6 @@ def test_tcp_10mb_kernel_to_wgpy(pair: tb.Pair) -> None:
     assert got["bytes"] == TCP_BYTES
     assert got["sha256"] == out.stdout.split()[0]
     print(f"\nkernel(UML)->wgpy: {TCP_BYTES / secs / 1e6:.0f} MB/s (file made in the guest too)")
-
-
-NAT_REBIND = """
-table ip roam {
-  chain out { type filter hook output priority -300; udp sport 51820 udp sport set 40000; }
-  chain in { type filter hook prerouting priority -300; udp dport 40000 udp dport set 51820; }
-}
-"""
 
 
 def test_kernel_follows_wgpy_roaming(pair: tb.Pair) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import IMPLS, interop, tcp_transfer, wait_listening
+from tests.support import IMPLS, add_ipv6, interop, tcp_transfer, wait_listening
 from wgpy import testbed as tb
 from wgpy.io import uapi_client
 
@@ -46,16 +46,6 @@ data = os.urandom(1 << 20) * int(sys.argv[2])
 s = socket.create_connection((sys.argv[1], 5302)); s.sendall(data); s.close()
 print(len(data), hashlib.sha256(data).hexdigest(), flush=True)
 """
-
-
-def _add_ipv6(p: tb.Pair) -> None:
-    for w, ns, me, v4, pub in (
-        (p.wg_a, p.ns_a, "fd00:98::1", p.tun_ip_b, p.pub_b),
-        (p.wg_b, p.ns_b, "fd00:98::2", p.tun_ip_a, p.pub_a),
-    ):
-        other = "fd00:98::2" if me.endswith("1") else "fd00:98::1"
-        w.wg("set", "wg0", "peer", pub, "allowed-ips", f"{v4}/32,{other}/128")
-        ns.run(["ip", "-6", "addr", "add", f"{me}/64", "dev", "wg0", "nodad"])
 
 
 def _transfer_v6(p: tb.Pair, *, a_to_b: bool) -> tuple[list[str], list[str]]:
@@ -96,7 +86,7 @@ def test_tcp_with_tso_reads_across_implementations(
             sent = [str(sent_r["bytes"]), str(sent_r["sha256"])]
             got = [str(got_r["bytes"]), str(got_r["sha256"])]
         else:
-            _add_ipv6(p)
+            add_ipv6(p, "fd00:98")
             sent, got = _transfer_v6(p, a_to_b=wgpy_sends)
         assert got == sent and int(sent[0]) == NBYTES
         receiver = p.ns_b if wgpy_sends else p.ns_a
