@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(python3 python3-venv python3-dev gcc iproute2 iputils-ping util-linux wireguard-go wireguard-tools iperf3 tcpdump tshark procps kmod nftables)
+# gcc, python3-dev and libssl-dev build python-pytun and the fast path's C part (wgpy.io._batch)
+pkgs=(python3 python3-venv python3-dev gcc libssl-dev iproute2 iputils-ping util-linux wireguard-go wireguard-tools iperf3 tcpdump tshark procps kmod nftables)
 # The image test (tests/test_image.py): podman with runc (Debian 12's crun 1.8 refuses these
 # VMs' cgroup layout), and debootstrap for the local Debian base it builds the image on.
 pkgs+=(podman runc debootstrap)
@@ -35,6 +36,9 @@ if ! log=$(.venv/bin/python -m pip install -q --disable-pip-version-check --no-d
   exit 1
 fi
 echo "wgpy installed in $(pwd)/.venv"
+# The fast path's compiled part (wgpy/io/_batch.c: gcc, python3-dev, libssl-dev) is optional
+# for the build; without it the fast path works in Python, at about twice the CPU per GB.
+.venv/bin/python -c 'from wgpy.io import accel; accel.batch or print("warning: wgpy.io._batch", accel.reason)' >&2
 # The kernel's WireGuard as a User-Mode Linux guest, for the kernel interop tests: built once per
 # machine and recipe (about 5 minutes), found in /var/cache/wgpy/uml afterwards (about 0.1 s).
 # WGPY_UML_KERNEL=/path/to/linux uses a prebuilt kernel instead.

@@ -10,6 +10,7 @@ import hashlib
 import hmac as _hmac
 import secrets
 import struct
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -148,10 +149,12 @@ class TransportCipher:
     ``decrypt_into`` raises :data:`AuthenticationFailed` on a bad tag.
     """
 
-    __slots__ = ("_decrypt", "_encrypt", "decrypt_into", "encrypt_into")
+    __slots__ = ("_decrypt", "_encrypt", "compiled", "decrypt_into", "encrypt_into", "key")
 
     def __init__(self, key: bytes) -> None:
         c = ChaCha20Poly1305(key)
+        self.key = key  # for the fast path's compiled AEAD (never shown: see __repr__)
+        self.compiled: Any = None  # that AEAD, made by the fast path on first use
         self._encrypt = c.encrypt
         self._decrypt = c.decrypt
         self.encrypt_into = c.encrypt_into

@@ -19,6 +19,14 @@ layer moves the common case — a data packet on an established session — with
   segments are held instead and consecutive ones of a flow go to the TUN as one GSO write
   (:mod:`wgpy.io.gro`), at the latest when the socket has nothing more to read.
 
+Where the compiled part is built (:mod:`wgpy.io.accel`, ``wgpy/io/_batch.c``), the work per
+packet around the AEAD goes to C: ``on_tun`` hands each whole read to ``Sealer.seal`` (pad,
+header, seal; a super-packet cut, checksummed and sealed segment by segment in one call, its
+segments then sent as GSO runs), and ``on_udp`` opens all datagrams of one receiver index in a
+GRO read with one ``Opener.open`` call, each into its own slot of ``_opened``; the replay
+check, routing and everything after stay here, the same for both. ``use_compiled=False`` (or
+``WGPY_ACCEL=0``) keeps it all in Python; the tests run both.
+
 The AEAD never works in place: its input and output are always different buffers. That is
 what ``*_into`` is documented for (cryptography 51 refuses overlapping buffers, which cost a
 fresh install all its data, issue 13), and it costs nothing, since the output is written
@@ -74,6 +82,7 @@ from wgpy.core.device import Device
 from wgpy.core.drops import Drop
 from wgpy.core.keypair import Keypair
 from wgpy.core.peer import Endpoint, Peer
+from wgpy.io import accel
 from wgpy.io.bind import Bind, DatagramSocket
 from wgpy.io.faults import FaultLog
 from wgpy.io.gro import NEEDS_CSUM, TcpCoalescer
@@ -128,6 +137,7 @@ class FastPath:
         hand_over: Callable[[], None] | None = os.sched_yield,
         on_broken: Callable[[str], None] | None = None,
         may_send: Callable[[], bool] | None = None,
+        use_compiled: bool = True,
     ) -> None:
         self.device = device
         self.tun = tun
@@ -153,8 +163,12 @@ class FastPath:
         vnet = self._file is not None and bool(getattr(tun, "vnet_hdr", False))
         self._vnet_len = VNET_HDR_LEN if vnet else 0
         self.gro = TcpCoalescer(self._write) if vnet else None
-        # TUNSETOFFLOAD done: reads may be super-packets, split here (tun.offload)
-        self.tso = Segmenter() if vnet and getattr(tun, "offload", False) else None
+        # the compiled per-read seal (wgpy.io._batch), or None: the same work in Python
+        self.compiled = accel.batch if use_compiled else None
+        # TUNSETOFFLOAD done: reads may be super-packets, split here (compiled, or tun.offload)
+        self.offloads = vnet and bool(getattr(tun, "offload", False))
+        self.tso = Segmenter() if self.offloads and self.compiled is None else None
+        self.compiled_splits = self.compiled_segments = 0  # super-packets the compiled path cut
         self._pending_rx: dict[Peer, list[Any]] = {}  # received, not yet committed
         self._tx = bytearray(ARENA)  # sealed datagrams, sent in GSO runs
         self._txv = memoryview(self._tx)
@@ -165,6 +179,9 @@ class FastPath:
         self._rxv = memoryview(self._rx)
         self._pkt = bytearray(PLAINTEXT)  # the opened packet, written to the TUN from here
         self._pktv = memoryview(self._pkt)
+        # the compiled path opens a GRO read's datagrams at once: packet i at _P + i * stride
+        self._opened = bytearray(_P + RX_BUFFER + 64 * _P) if self.compiled else bytearray()
+        self._openedv = memoryview(self._opened)
         self._rx_bufs = [self._rxv]
         # the GSO run being built in the arena: [start, end) of datagrams of `seg` bytes each
         self._run_start = 0
@@ -249,6 +266,30 @@ class FastPath:
         self._run_start, self._run_end = start, start + length
         self._run_seg, self._run_n, self._run_addr = length, 1, addr
 
+    def tso_counts(self) -> tuple[int, int] | None:
+        """Super-packets read and split into segments, and how many segments they gave (by
+        the compiled path or :class:`tun.offload.Segmenter`); None without TUN offloads."""
+        if not self.offloads:
+            return None
+        reads, segments = self.compiled_splits, self.compiled_segments
+        if self.tso is not None:
+            reads, segments = reads + self.tso.split_packets, segments + self.tso.segments
+        return reads, segments
+
+    def _send_segments(self, start: int, size: int, seg: int, addr: Endpoint) -> None:
+        """Send the datagrams at ``arena[start:start+size]``, all ``seg`` bytes long but the
+        last (a super-packet's segments, sealed by the compiled path) in GSO runs, after the
+        pending run."""
+        self._send_run()
+        per = max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // seg)) * seg
+        end = start + size
+        while start < end:
+            stop = min(start + per, end)
+            self._run_start, self._run_end, self._run_seg = start, stop, seg
+            self._run_n, self._run_addr = -(-(stop - start) // seg), addr
+            self._send_run()
+            start = stop
+
     def send_device_output(self) -> None:
         """Send what the Device queued (handshakes, slow-path data) after the pending run."""
         self._send_run()
@@ -276,6 +317,9 @@ class FastPath:
         view = self._txv
         vnet = self._vnet_len
         tso = self.tso
+        offloads = self.offloads
+        compiled = self.compiled
+        sealer: Any = None  # the keypair's compiled AEAD (compiled is not None)
         # the packet being sealed is src[p:p+n]: the TUN read in pt, or a segment of it (tso)
         src, srcv, p, n = pt, ptv, _P, 0
         # segments of the latest read: how many, the next one, where they start and how far
@@ -329,13 +373,13 @@ class FastPath:
                 if vnet:  # its virtio_net_hdr comes first
                     n -= vnet
                     offloaded = pt[1] or pt[0] & NEEDS_CSUM  # offloads (tun.offload)
-                    if offloaded and tso is None:  # not asked for
+                    if offloaded and not offloads:  # not asked for
                         dev.drops[Drop.MALFORMED_OUTBOUND] += 1
                         continue
                 peer = route(pt, _P, n)
                 if peer is None:
                     continue
-                if offloaded:
+                if offloaded and tso is not None:  # split in Python (else: compiled, below)
                     assert tso is not None
                     hdr = VNET_HDR.unpack_from(pt, 0)
                     if pt[1]:
@@ -363,6 +407,11 @@ class FastPath:
                     kp = dev.sendable_keypair(peer, now=now, count=MAX_SEALED)  # type: ignore[arg-type]
                     seal = kp.send.encrypt_into if kp is not None else None
                     endpoint = peer.endpoint  # type: ignore[union-attr]
+                    sealer = None
+                    if compiled is not None and kp is not None:
+                        sealer = kp.send.compiled
+                        if sealer is None:
+                            sealer = kp.send.compiled = compiled.Sealer(kp.send.key)
                 if kp is None or seal is None or endpoint is None:
                     # the ordinary path: it stages, handshakes or renews as the protocol says
                     if count:
@@ -371,27 +420,54 @@ class FastPath:
                     last_peer = None  # its state may change
                     self._ordinary_tun(bytes(srcv[p : p + n]), sent, now)
                     continue
-                if n < mtu:  # messages.padding_size, inlined for the common case
-                    pad = (n + 15) & ~15
-                    pad = (pad if pad < mtu else mtu) - n
+                if sealer is not None:  # the whole read: padded, cut, checksummed, sealed
+                    counter = kp.send_counter
+                    segs, length, last = sealer.seal(
+                        pt, _P, n, vnet, mtu, kp.remote_index, counter, view, off
+                    )
+                    if segs < 0:  # no room left in the arena: send it, start again
+                        self._send_run()
+                        off = 0
+                        segs, length, last = sealer.seal(
+                            pt, _P, n, vnet, mtu, kp.remote_index, counter, view, off
+                        )
+                    if segs <= 0:
+                        dev.drops[Drop.MALFORMED_OUTBOUND] += 1
+                        continue
+                    kp.send_counter = counter + segs
+                    if segs > 1:  # a super-packet's segments: GSO runs of their own
+                        self.compiled_splits += 1
+                        self.compiled_segments += segs
+                        budget -= segs - 1
+                        size = (segs - 1) * length + last
+                        nbytes += size
+                        count += segs
+                        first = False
+                        self._send_segments(off, size, length, endpoint)
+                        off += size
+                        continue
                 else:
-                    pad = padding_size(n, mtu)
-                size = n + pad
-                if pad:
-                    if heads is not None and k < rows:  # the next segment starts here
-                        restore, saved = p + n, bytes(src[p + n : p + size])
-                    src[p + n : p + size] = _ZEROS[:pad]
-                counter = kp.send_counter
-                kp.send_counter = counter + 1
-                body = off + HEADROOM
-                _HEADER.pack_into(view, off, _TRANSPORT, kp.remote_index, counter)
-                seal(_nonce(counter), srcv[p : p + size], None, view[body : body + size + TAG])
+                    if n < mtu:  # messages.padding_size, inlined for the common case
+                        pad = (n + 15) & ~15
+                        pad = (pad if pad < mtu else mtu) - n
+                    else:
+                        pad = padding_size(n, mtu)
+                    size = n + pad
+                    if pad:
+                        if heads is not None and k < rows:  # the next segment starts here
+                            restore, saved = p + n, bytes(src[p + n : p + size])
+                        src[p + n : p + size] = _ZEROS[:pad]
+                    counter = kp.send_counter
+                    kp.send_counter = counter + 1
+                    body = off + HEADROOM
+                    _HEADER.pack_into(view, off, _TRANSPORT, kp.remote_index, counter)
+                    seal(_nonce(counter), srcv[p : p + size], None, view[body : body + size + TAG])
+                    length = size + HEADROOM + TAG
             except Exception as e:  # a bug or a dependency's change: the packet goes the
                 self._fault(e)  # ordinary way, and the fault is counted and shown
                 last_peer = None
                 self._ordinary_tun(bytes(srcv[p : p + n]), sent, now)
                 continue
-            length = size + HEADROOM + TAG
             nbytes += length
             count += 1
             if first:  # out at once, before reading on: the latency of a lone packet
@@ -447,7 +523,6 @@ class FastPath:
         dev = self.device
         now = self.clock()
         buf, view = self._rx, self._rxv
-        pkt, pktv = self._pkt, self._pktv
         rx_bufs = self._rx_bufs
         write = self._write
         gro = self.gro
@@ -457,10 +532,16 @@ class FastPath:
         inner_length = dev.inner_packet_length
         queue = dev.queue_handshake
         pending = self._pending_rx  # peer -> [bytes, data packets, last source]
+        compiled = self.compiled
         # the receiver index, peer and keypair of the previous datagram
         last_receiver = -1
         peer: Peer | None = None
         kp: Keypair | None = None
+        # the counters of datagrams opened at once (compiled), from the one at `opened_at`
+        # on, with `opened_kp`'s key; packet i is at _P + i * stride in self._opened
+        opened: list[int] = []
+        opened_at = stride = 0
+        opened_kp: Keypair | None = None
         totals: list[Any] | None = None
         written = chained = False
         for _ in range(BATCH):
@@ -479,6 +560,7 @@ class FastPath:
                 for level, kind, data in ancdata:
                     if level == SOL_UDP and kind == UDP_GRO:
                         seg = int.from_bytes(data, sys.byteorder) or total
+            opened, opened_kp = [], None
             for start in range(0, total, seg):
                 end = start + seg if start + seg < total else total
                 if buf[start] != _TRANSPORT:  # a handshake message waits in the backlog,
@@ -502,13 +584,35 @@ class FastPath:
                     assert kp is not None and peer is not None
                     body = start + HEADROOM
                     size = end - TAG - body
-                    try:
-                        kp.receive.decrypt_into(
-                            _nonce(counter), view[body:end], None, pktv[_P : _P + size]
+                    i = (start - opened_at) // seg
+                    if (
+                        compiled is not None
+                        and end < total
+                        and (kp is not opened_kp or i >= len(opened))
+                    ):
+                        # more datagrams follow in this read: open those of this receiver
+                        opener = kp.receive.compiled
+                        if opener is None:
+                            opener = kp.receive.compiled = compiled.Opener(kp.receive.key)
+                        stride = seg - HEADROOM - TAG + _P
+                        opened = opener.open(
+                            buf, start, total, seg, receiver, self._opened, _P, stride
                         )
-                    except AuthenticationFailed:
-                        dev.drops[Drop.DECRYPTION_FAILED] += 1
-                        continue
+                        opened_at, opened_kp, i = start, kp, 0
+                    if kp is opened_kp and i < len(opened):  # opened already
+                        pkt, pktv, q = self._opened, self._openedv, _P + i * stride
+                        if opened[i] < 0:
+                            dev.drops[Drop.DECRYPTION_FAILED] += 1
+                            continue
+                    else:
+                        pkt, pktv, q = self._pkt, self._pktv, _P
+                        try:
+                            kp.receive.decrypt_into(
+                                _nonce(counter), view[body:end], None, pktv[_P : _P + size]
+                            )
+                        except AuthenticationFailed:
+                            dev.drops[Drop.DECRYPTION_FAILED] += 1
+                            continue
                     if not kp.replay.validate(counter):
                         dev.drops[Drop.REPLAYED] += 1
                         continue
@@ -520,19 +624,19 @@ class FastPath:
                     totals[2] = addr
                     if size == 0:
                         continue  # keepalive
-                    length = inner_length(peer, pkt, _P, size)
+                    length = inner_length(peer, pkt, q, size)
                     if length < 0:
                         continue
                     totals[1] += 1
                     if gro is not None:
-                        if gro.offer(pktv, _P, length):
+                        if gro.offer(pktv, q, length):
                             held = True
                             continue
                         if held:
                             held = False
                             gro.flush()
                     try:  # the virtio_net_hdr in front stays zero: nothing else writes there
-                        write(pktv[_P - vnet : _P + length])
+                        write(pktv[q - vnet : q + length])
                     except OSError:
                         self.tun_write_errors += 1
                 except Exception as e:  # a bug or a dependency's change: this datagram

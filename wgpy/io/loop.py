@@ -366,10 +366,14 @@ class DeviceRunner:
             out["tun_gso_writes"] = gro.coalesced
             out["tun_gso_segments"] = gro.segments
             out["tun_gso_refused"] = int(gro.refused)  # the kernel took none: turned off
-        tso = self.fast.tso if self.fast else getattr(self.tun, "segmenter", None)
-        if tso is not None:  # super-packets read from the TUN and split (tun.offload)
-            out["tun_tso_reads"] = tso.split_packets
-            out["tun_tso_segments"] = tso.segments
+        # super-packets read from the TUN and split (fast path, or tun.offload in LinuxTun.read)
+        if self.fast is not None:
+            counts = self.fast.tso_counts()
+        else:
+            tso = getattr(self.tun, "segmenter", None)
+            counts = (tso.split_packets, tso.segments) if tso is not None else None
+        if counts is not None:
+            out["tun_tso_reads"], out["tun_tso_segments"] = counts
         return out
 
     def close(self) -> None:
