@@ -19,7 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from noise.crypto import TransportCipher
+from tests.test_gro import segments as gro_segments
+from tests.test_gro import tcp_segment
 from tests.test_offload import CASES, check_segments, ref_sum, super_packet
+from tun.base import VNET_HDR_LEN as VNET_LEN
 from tun.offload import (
     GSO_TCPV4,
     GSO_TCPV6,
@@ -30,7 +33,9 @@ from tun.offload import (
     complete_checksum,
 )
 from wgpy.core import messages
+from wgpy.core.replay import ReplayFilter
 from wgpy.io import accel
+from wgpy.io.gro import TcpCoalescer
 
 if accel.batch is None:
     if os.environ.get("CI"):
@@ -239,3 +244,156 @@ def test_a_run_is_opened_until_another_receiver_and_forgeries_are_refused() -> N
         opener.open(run, 0, len(run), 20, RECEIVER, out, 0, 1500)  # a segment shorter than a tag
     with pytest.raises(ValueError):  # slots too close for the zero bytes in front
         opener.open(run, 0, len(run), seg, RECEIVER, out, 20, seg - 32 + 19)
+
+
+# --- Opener.receive: a GRO read opened, replay-checked, checked and coalesced in one call -----
+
+SRC4 = gro_segments(1)[0][12:16]  # the source of tests.test_gro's segments
+
+
+def _padded(packets: list[bytes]) -> tuple[list[bytes], int]:
+    """Plaintexts of one size (a GRO read's datagrams are), zero-padded behind each packet."""
+    size = max(len(p) for p in packets)
+    size = (size + 15) & ~15
+    return [p + bytes(size - len(p)) for p in packets], size + 32
+
+
+def _read(plains: list[bytes], counters: list[int], *, receiver: int = RECEIVER) -> bytes:
+    cipher = TransportCipher(KEY)
+    return b"".join(
+        messages.TRANSPORT_HEADER.pack(4, receiver, c) + cipher.seal(c, p)
+        for c, p in zip(counters, plains, strict=True)
+    )
+
+
+def python_receive(
+    read: bytes, seg: int, replay: ReplayFilter, source: bytes
+) -> tuple[list[bytes], dict[str, int]]:
+    """What FastPath.on_udp's Python path writes to a TUN with IFF_VNET_HDR, per datagram:
+    open, replay check, inner checks (a source other than ``source`` stops, as in C), then
+    wgpy.io.gro.TcpCoalescer; each write with its virtio_net_hdr."""
+    writes: list[bytes] = []
+    gro = TcpCoalescer(lambda data: writes.append(bytes(data)))
+    counts = {"consumed": 0, "bytes": 0, "packets": 0, "failed": 0, "replayed": 0}
+    cipher = TransportCipher(KEY)
+    for at in range(0, len(read), seg):
+        d = read[at : at + seg]
+        _t, _r, counter = messages.TRANSPORT_HEADER.unpack_from(d)
+        plain = cipher.open(counter, d[16:])
+        if plain is None:
+            counts["failed"] += 1
+            counts["consumed"] += 1
+            continue
+        if plain:
+            length = messages.ip_packet_length(plain)
+            at_ = 12 if plain[0] >> 4 == 4 else 8
+            if length is None or plain[at_ : at_ + 16][: len(source)] != source or not source:
+                break
+        counts["consumed"] += 1
+        if not replay.validate(counter):
+            counts["replayed"] += 1
+            continue
+        counts["bytes"] += len(d)
+        if not plain:
+            continue
+        counts["packets"] += 1
+        view = memoryview(bytearray(bytes(VNET_LEN) + plain))
+        if not gro.offer(view, VNET_LEN, length):
+            gro.flush()
+            writes.append(bytes(view[: VNET_LEN + length]))
+    gro.flush()
+    return writes, counts
+
+
+def compiled_receive(
+    read: bytes, seg: int, replay: ReplayFilter, source: bytes
+) -> tuple[list[bytes], dict[str, int]]:
+    buf = bytearray(b"\x99" * 7) + read
+    out = bytearray(b"\xaa" * (2 * len(read) + 10))
+    got, nbytes, packets, last, failed, replayed, writes, gso_writes, gso_segs = batch.Opener(
+        KEY
+    ).receive(buf, 7, len(buf), seg, RECEIVER, replay.ring, replay.last, source, out)
+    replay.last = last
+    assert gso_segs >= 2 * gso_writes
+    assert gso_writes == sum(1 for _o, _n, segs in writes if segs > 1)
+    counts = {
+        "consumed": got,
+        "bytes": nbytes,
+        "packets": packets,
+        "failed": failed,
+        "replayed": replayed,
+    }
+    return [bytes(out[off : off + n]) for off, n, _segs in writes], counts
+
+
+def both_ways(plains: list[bytes], counters: list[int], *, source: bytes = SRC4) -> None:
+    same, seg = _padded(plains)
+    read = _read(same, counters)
+    ref_replay, c_replay = ReplayFilter(), ReplayFilter()
+    for r in (ref_replay, c_replay):
+        r.validate(3)  # a window that has seen something
+    expected = python_receive(read, seg, ref_replay, source)
+    assert expected[1]["consumed"] >= len(plains) - 1 and expected[0], "the case is exercised"
+    assert compiled_receive(read, seg, c_replay, source) == expected
+    assert c_replay.last == ref_replay.last and c_replay.ring == ref_replay.ring
+
+
+def test_a_run_of_tcp_segments_is_coalesced_as_tcp_coalescer_does() -> None:
+    segs = gro_segments(12, last=700)
+    both_ways(segs, list(range(10, 22)))
+    same, seg = _padded(segs)
+    writes, counts = compiled_receive(_read(same, list(range(12))), seg, ReplayFilter(), SRC4)
+    assert len(writes) == 1 and writes[0][0] == NEEDS_CSUM  # one GSO write of all twelve
+    assert len(writes[0]) == VNET_LEN + len(segs[0]) + 10 * 1368 + 700
+    assert counts["packets"] == 12
+
+
+def test_everything_that_breaks_a_group_breaks_it_in_c_too() -> None:
+    s = gro_segments(8)
+    other_flow = tcp_segment(99, b"x" * 1368, sport=1234)
+    pure_ack = tcp_segment(5, b"", flags=0x10)
+    psh = tcp_segment(7, b"y" * 100, flags=0x18)
+    udp = SRC4 + bytes(16)  # not even a packet: the inner checks stop there
+    packets = [s[0], s[1], other_flow, s[2], s[4], s[3], pure_ack, s[5], psh, s[6], s[7]]
+    both_ways(packets, list(range(20, 20 + len(packets))))
+    both_ways([*packets, udp], list(range(40, 40 + len(packets) + 1)))
+
+
+def test_forged_and_replayed_datagrams_are_counted_and_skipped() -> None:
+    s = gro_segments(6)
+    same, seg = _padded(s)
+    read = bytearray(_read(same, [50, 51, 51, 52, 3, 53]))  # 51 twice, 3 seen before
+    read[4 * seg + 40] ^= 1  # and the fifth forged
+    ref_replay, c_replay = ReplayFilter(), ReplayFilter()
+    for r in (ref_replay, c_replay):
+        r.validate(3)
+    expected = python_receive(bytes(read), seg, ref_replay, SRC4)
+    got = compiled_receive(bytes(read), seg, c_replay, SRC4)
+    assert got == expected
+    assert got[1] == {"consumed": 6, "bytes": 4 * seg, "packets": 4, "failed": 1, "replayed": 1}
+    assert c_replay.ring == ref_replay.ring
+
+
+def test_it_stops_before_a_new_source_without_marking_its_counter() -> None:
+    s = gro_segments(4)
+    stranger = bytearray(s[2])
+    stranger[12:16] = bytes([10, 0, 0, 9])
+    same, seg = _padded([s[0], s[1], bytes(stranger), s[3]])
+    read = _read(same, [60, 61, 62, 63])
+    replay = ReplayFilter()
+    writes, counts = compiled_receive(read, seg, replay, SRC4)
+    assert counts["consumed"] == 2 and len(writes) == 1
+    assert replay.validate(62), "the counter it stopped at is still fresh"
+    assert compiled_receive(read, seg, ReplayFilter(), b"")[1]["consumed"] == 0
+
+
+def test_ipv6_segments_and_a_keepalive_last() -> None:
+    segs = gro_segments(5, v6=True)
+    same, seg = _padded(segs)
+    src6 = segs[0][8:24]
+    read = _read(same, [70, 71, 72, 73, 74]) + _read([b""], [75])
+    ref_replay, c_replay = ReplayFilter(), ReplayFilter()
+    expected = python_receive(read, seg, ref_replay, src6)
+    assert compiled_receive(read, seg, c_replay, src6) == expected
+    assert expected[1]["consumed"] == 6 and expected[1]["packets"] == 5
+    assert c_replay.last == 75

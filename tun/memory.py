@@ -4,6 +4,13 @@ Two queues stand in for the kernel: :meth:`MemoryTun.inject` plays the OS sendin
 into the tunnel (the device then ``read()``\\ s it) and :meth:`MemoryTun.take` collects what
 the device ``write()``\\ s. A socketpair gives a real, selectable file descriptor that is
 readable exactly while an injected packet waits, so event loops can poll it like a real TUN.
+
+``vnet_hdr=True`` plays a TUN opened with ``IFF_VNET_HDR``, as ``LinuxTun`` does: ``read`` and
+``write`` still take plain packets, and :meth:`raw_read_into` / :meth:`raw_write` (what the
+fast path uses on a kernel TUN's fd) carry a ``virtio_net_hdr`` first. A GSO write (coalesced
+TCP segments, ``wgpy.io.gro``) is cut back into its segments as the kernel's stack would see
+them (:class:`tun.offload.Segmenter`, checksums included), so :meth:`take` returns plain
+packets either way; ``gso_writes`` counts those writes.
 """
 
 from __future__ import annotations
@@ -14,15 +21,20 @@ import threading
 from collections import deque
 from collections.abc import Iterable
 
-from tun.base import DEFAULT_MTU
+from tun.base import DEFAULT_MTU, VNET_HDR_LEN, ZERO_VNET_HDR
+from tun.offload import NEEDS_CSUM, VNET_HDR, Segmenter, complete_checksum
 
 
 class MemoryTun:
     """A TUN device whose "kernel" is two deques; safe to use from two threads."""
 
-    def __init__(self, name: str = "mem0", mtu: int = DEFAULT_MTU) -> None:
+    def __init__(
+        self, name: str = "mem0", mtu: int = DEFAULT_MTU, *, vnet_hdr: bool = False
+    ) -> None:
         self._name = name
         self.mtu = mtu
+        self.vnet_hdr = vnet_hdr
+        self.gso_writes = 0
         self._inbound: deque[bytes] = deque()  # OS → device (read side)
         self._outbound: deque[bytes] = deque()  # device → OS (write side)
         self._lock = threading.Lock()
@@ -79,6 +91,39 @@ class MemoryTun:
                 raise OSError(errno.EINVAL, "empty packet")
             self._outbound.append(data)
         return len(data)
+
+    def raw_read_into(self, buf: bytearray | memoryview) -> int:
+        """``read_into`` behind a zero ``virtio_net_hdr`` (``vnet_hdr=True``)."""
+        packet = ZERO_VNET_HDR + self.read()
+        n = min(len(packet), len(buf))
+        memoryview(buf)[:n] = packet[:n]
+        return n
+
+    def raw_write(self, data: bytes | bytearray | memoryview) -> int:
+        """A write that starts with a ``virtio_net_hdr`` (``vnet_hdr=True``)."""
+        packets = self._unpack(bytes(data))
+        with self._lock:
+            self._check_open()
+            self._outbound.extend(packets)
+        return len(data)
+
+    def _unpack(self, data: bytes) -> list[bytes]:
+        """What the stack receives from a write with a ``virtio_net_hdr``."""
+        if len(data) <= VNET_HDR_LEN:
+            raise OSError(errno.EINVAL, "no packet behind the virtio_net_hdr")
+        hdr = VNET_HDR.unpack_from(data)
+        packet = bytearray(data[VNET_HDR_LEN:])
+        flags, gso_type, _hlen, _size, start, offset = hdr
+        if gso_type:
+            seg = Segmenter(vectorised=False)
+            rows = seg.split(packet, 0, len(packet), hdr, 65535)
+            if not rows:
+                raise OSError(errno.EINVAL, "a GSO packet that cannot be cut")
+            self.gso_writes += 1
+            return [bytes(seg.view[k * seg.stride :][:n]) for k, n in enumerate(seg.lengths)]
+        if flags & NEEDS_CSUM and not complete_checksum(packet, 0, len(packet), start, offset):
+            raise OSError(errno.EINVAL, "checksum offsets outside the packet")
+        return [bytes(packet)]
 
     def close(self) -> None:
         """Close the readiness sockets and drop queued packets; idempotent."""

@@ -58,6 +58,17 @@ class ReplayFilter:
         """The highest counter accepted so far (0 for a fresh filter)."""
         return self._last
 
+    @last.setter
+    def last(self, value: int) -> None:
+        """Set by a validator that works on :attr:`ring` directly (the fast path's compiled
+        part, ``wgpy/io/_batch.c``, the same algorithm), after it updated the ring."""
+        self._last = value
+
+    @property
+    def ring(self) -> bytearray:
+        """The window itself: byte ``counter % 8192`` is 1 once that counter was accepted."""
+        return self._ring
+
     def validate(self, counter: int) -> bool:
         """Test-and-set ``counter``; return True iff it is fresh and may be accepted.
 

@@ -402,6 +402,237 @@ done:
     return result;
 }
 
+/* ---- receiving: replay window, inner checks and TCP coalescing (wgpy.io.gro) ----------- */
+
+#define RING_BITS 8192 /* wgpy.core.replay: one byte per counter slot, 128 blocks of 64 */
+#define RING_BLOCKS 128
+#define WINDOW ((RING_BLOCKS - 1) * 64)
+#define REJECT_AFTER_MESSAGES (UINT64_MAX - 8192) /* 2**64 - 2**13 - 1 */
+#define MAX_IP 65535
+#define TH_ACK 0x10
+
+/* wgpy.core.replay.ReplayFilter.validate on its ring and `last` */
+static int replay_validate(uint8_t *ring, uint64_t *last, uint64_t c) {
+    if (c >= REJECT_AFTER_MESSAGES) return 0;
+    if (c > *last) {
+        uint64_t current = *last >> 6, diff = (c >> 6) - current;
+        if (diff >= RING_BLOCKS)
+            memset(ring, 0, RING_BITS);
+        else
+            for (uint64_t i = 1; i <= diff; i++) memset(ring + (((current + i) & (RING_BLOCKS - 1)) << 6), 0, 64);
+        *last = c;
+    } else if (*last - c > WINDOW) {
+        return 0;
+    }
+    uint8_t *slot = ring + (c & (RING_BITS - 1));
+    if (*slot) return 0;
+    *slot = 1;
+    return 1;
+}
+
+/* The group being built in `out`: its virtio_net_hdr at g, the IP packet behind it. */
+typedef struct {
+    uint8_t *out;
+    Py_ssize_t cap, used; /* out's size; bytes of it taken by finished writes */
+    Py_ssize_t g, end;    /* the group's start (its vnet header) and the end of its data */
+    Py_ssize_t held, ihl, hlen, seg;
+    uint32_t next_seq;
+    PyObject *writes; /* [(offset, length, segments)] */
+    Py_ssize_t gso_writes, gso_segments;
+} Groups;
+
+static int add_write(Groups *G, Py_ssize_t off, Py_ssize_t len, Py_ssize_t segs) {
+    PyObject *t = Py_BuildValue("(nnn)", off, len, segs);
+    if (t == NULL) return -1;
+    int r = PyList_Append(G->writes, t);
+    Py_DECREF(t);
+    return r;
+}
+
+/* wgpy.io.gro.TcpCoalescer.flush */
+static int group_flush(Groups *G) {
+    if (!G->held) return 0;
+    uint8_t *v = G->out + G->g, *ip = v + VNET_HDR_LEN;
+    Py_ssize_t total = G->end - G->g - VNET_HDR_LEN;
+    memset(v, 0, VNET_HDR_LEN);
+    if (G->held > 1) {
+        Py_ssize_t tcp_len = total - G->ihl;
+        uint64_t addrs;
+        if (G->ihl == 20) {
+            put16(ip + 2, (unsigned)total);
+            put16(ip + 10, 0);
+            put16(ip + 10, 0xFFFF - (unsigned)fold(ones_sum(ip, 20)));
+            addrs = ones_sum(ip + 12, 8);
+        } else {
+            put16(ip + 4, (unsigned)tcp_len);
+            addrs = ones_sum(ip + 8, 32);
+        }
+        /* CHECKSUM_PARTIAL: the pseudo-header sum; the kernel adds the rest */
+        put16(ip + G->ihl + 16, (unsigned)fold(addrs + 6 + (uint64_t)tcp_len));
+        uint16_t f[4] = {(uint16_t)G->hlen, (uint16_t)G->seg, (uint16_t)G->ihl, 16};
+        v[0] = NEEDS_CSUM;
+        v[1] = G->ihl == 20 ? GSO_TCPV4 : GSO_TCPV6;
+        memcpy(v + 2, f, sizeof f);
+        G->gso_writes++;
+        G->gso_segments += G->held;
+    }
+    if (add_write(G, G->g, G->end - G->g, G->held) < 0) return -1;
+    G->used = G->end;
+    G->held = 0;
+    return 0;
+}
+
+/* Whether packet p joins the group as the segment after the ones held (the fields of
+ * wgpy.io.gro's _KEY_V4/_KEY_V6: all but lengths, IPv4 ID, checksums and sequence). */
+static int joins(const Groups *G, const uint8_t *p, Py_ssize_t ihl, Py_ssize_t hlen,
+                 Py_ssize_t payload) {
+    const uint8_t *h = G->out + G->g + VNET_HDR_LEN;
+    Py_ssize_t t = ihl, thl = hlen - ihl;
+    if (hlen != G->hlen || ihl != G->ihl || payload <= 0 || payload > G->seg) return 0;
+    if (get32(p + t + 4) != G->next_seq) return 0;
+    if (G->end + payload > G->g + VNET_HDR_LEN + MAX_IP) return 0;
+    if (ihl == 20) {
+        if (memcmp(p, h, 2) || memcmp(p + 6, h + 6, 4) || memcmp(p + 12, h + 12, 12)) return 0;
+    } else if (memcmp(p, h, 4) || memcmp(p + 6, h + 6, 38)) {
+        return 0;
+    }
+    return !memcmp(p + t + 8, h + t + 8, 8) && !memcmp(p + t + 18, h + t + 18, (size_t)(thl - 18));
+}
+
+/* wgpy.io.gro.TcpCoalescer.offer, and the write of a packet it refuses: packet p (length
+ * bytes) into the output. */
+static int group_offer(Groups *G, const uint8_t *p, Py_ssize_t length) {
+    Py_ssize_t ihl = p[0] == 0x45 ? 20 : (p[0] >> 4) == 6 ? 40 : 0;
+    Py_ssize_t hlen = 0, payload = 0;
+    if (ihl && length >= ihl + 20) {
+        hlen = ihl + (p[ihl + 12] >> 4) * 4;
+        payload = length - hlen;
+        if (G->held) {
+            if (joins(G, p, ihl, hlen, payload)) {
+                memcpy(G->out + G->end, p + hlen, (size_t)payload);
+                G->end += payload;
+                G->held++;
+                G->next_seq += (uint32_t)payload;
+                return payload < G->seg ? group_flush(G) : 0;
+            }
+            if (group_flush(G) < 0) return -1;
+        }
+        int tcp = ihl == 20 ? p[9] == 6 && !(p[6] & 0x3F) && !p[7] : p[6] == 6;
+        if (tcp && p[ihl + 13] == TH_ACK && payload > 0 && hlen - ihl >= 20 && hlen <= length) {
+            G->g = G->used;
+            memcpy(G->out + G->g + VNET_HDR_LEN, p, (size_t)length);
+            G->end = G->g + VNET_HDR_LEN + length;
+            G->held = 1;
+            G->ihl = ihl;
+            G->hlen = hlen;
+            G->seg = payload;
+            G->next_seq = get32(p + ihl + 4) + (uint32_t)payload;
+            return 0;
+        }
+    } else if (G->held && group_flush(G) < 0) {
+        return -1;
+    }
+    if (G->held && group_flush(G) < 0) return -1;
+    Py_ssize_t off = G->used; /* as it came, behind a zero virtio_net_hdr */
+    memset(G->out + off, 0, VNET_HDR_LEN);
+    memcpy(G->out + off + VNET_HDR_LEN, p, (size_t)length);
+    G->used = off + VNET_HDR_LEN + length;
+    return add_write(G, off, VNET_HDR_LEN + length, 1);
+}
+
+/* Opener.receive(buf, start, end, seg, receiver, ring, last, source, out)
+ *     -> (consumed, nbytes, packets, last, failed, replayed, writes, gso_writes, gso_segments)
+ *
+ * FastPath.on_udp for the datagrams of a UDP GRO read (buf[start:end], `seg` bytes each, the
+ * last maybe shorter) that are transport messages to `receiver`, on a TUN with IFF_VNET_HDR:
+ * each opened (a bad tag: counted in `failed`), replay-checked on the keypair's window
+ * (wgpy.core.replay: its 8192-byte ring, updated here, and `last`, returned; a replay is
+ * counted in `replayed`), its inner packet checked, and TCP segments coalesced as
+ * wgpy.io.gro.TcpCoalescer does. `writes` lists what to write to the TUN, in order, as
+ * (offset in out, length, segments), each starting with its virtio_net_hdr.
+ *
+ * It stops before the first datagram it does not handle, which the caller then takes the
+ * ordinary way: another receiver or type, too short, or an inner packet that is not a plain
+ * IPv4/IPv6 packet from the address `source` (the caller checked that one against the
+ * peer's allowed IPs; b"" for none yet). `consumed` datagrams (`nbytes` bytes, `packets` of
+ * them with data) were handled; a stopped-at datagram's counter is not marked as seen. */
+static PyObject *opener_receive(Cipher *self, PyObject *args) {
+    Py_buffer in, ring, source, out;
+    Py_ssize_t start, end, seg;
+    unsigned int receiver;
+    unsigned long long last_in;
+    if (!PyArg_ParseTuple(args, "y*nnnIw*Ky*w*", &in, &start, &end, &seg, &receiver, &ring,
+                          &last_in, &source, &out))
+        return NULL;
+    PyObject *result = NULL;
+    Groups G = {.out = out.buf, .cap = out.len};
+    if (start < 0 || end > in.len || start > end || seg < HEADER + TAG || ring.len != RING_BITS ||
+        out.len < 2 * (end - start) + VNET_HDR_LEN) {
+        PyErr_SetString(PyExc_ValueError, "datagram offsets, window or output out of range");
+        goto done;
+    }
+    G.writes = PyList_New(0);
+    if (G.writes == NULL) goto done;
+    const uint8_t *b = (const uint8_t *)in.buf;
+    uint64_t last = last_in;
+    Py_ssize_t consumed = 0, nbytes = 0, packets = 0, failed = 0, replayed = 0;
+    uint8_t *plain = scratch;
+    for (Py_ssize_t a = start; a < end; a += seg) {
+        Py_ssize_t z = a + seg < end ? a + seg : end;
+        const uint8_t *d = b + a;
+        if (z - a < HEADER + TAG || d[0] != 4 || d[1] || d[2] || d[3] ||
+            (uint32_t)(d[4] | d[5] << 8 | d[6] << 16 | (uint32_t)d[7] << 24) != receiver)
+            break;
+        Py_ssize_t size = z - a - HEADER - TAG;
+        uint64_t c = get_le64(d + 8);
+        uint8_t iv[12], tag[TAG];
+        int outl = 0, finl = 0;
+        memcpy(tag, b + z - TAG, TAG);
+        nonce_of(iv, c);
+        if (!(EVP_CipherInit_ex(self->ctx, NULL, NULL, NULL, iv, 0) == 1 &&
+              (size == 0 || EVP_DecryptUpdate(self->ctx, plain, &outl, d + HEADER, (int)size) == 1) &&
+              EVP_CIPHER_CTX_ctrl(self->ctx, EVP_CTRL_AEAD_SET_TAG, TAG, tag) == 1 &&
+              EVP_DecryptFinal_ex(self->ctx, plain + outl, &finl) == 1)) {
+            failed++;
+            consumed++;
+            continue;
+        }
+        Py_ssize_t length = 0;
+        if (size) { /* wgpy.core.receive.inner_packet_length, for a source already checked */
+            int version = plain[0] >> 4;
+            if (version == 4 && size >= 20 && source.len == 4) {
+                length = get16(plain + 2);
+                if (length < 20 || length > size || memcmp(plain + 12, source.buf, 4)) break;
+            } else if (version == 6 && size >= 40 && source.len == 16) {
+                length = 40 + get16(plain + 4);
+                if (length > size || memcmp(plain + 8, source.buf, 16)) break;
+            } else {
+                break;
+            }
+        }
+        consumed++;
+        if (!replay_validate(ring.buf, &last, c)) {
+            replayed++;
+            continue;
+        }
+        nbytes += z - a;
+        if (!size) continue; /* a keepalive */
+        packets++;
+        if (group_offer(&G, plain, length) < 0) goto fail;
+    }
+    if (group_flush(&G) < 0) goto fail;
+    result = Py_BuildValue("nnnKnnOnn", consumed, nbytes, packets, (unsigned long long)last, failed,
+                           replayed, G.writes, G.gso_writes, G.gso_segments);
+fail:
+    Py_DECREF(G.writes);
+done:
+    PyBuffer_Release(&in);
+    PyBuffer_Release(&ring);
+    PyBuffer_Release(&source);
+    PyBuffer_Release(&out);
+    return result;
+}
+
 static int sealer_init(Cipher *self, PyObject *args, PyObject *kw) {
     (void)kw;
     return cipher_setup(self, args, 1);
@@ -419,6 +650,8 @@ static PyMethodDef sealer_methods[] = {
 
 static PyMethodDef opener_methods[] = {
     {"open", (PyCFunction)opener_open, METH_VARARGS, "Open a run of transport datagrams."},
+    {"receive", (PyCFunction)opener_receive, METH_VARARGS,
+     "Open, replay-check and coalesce a GRO read (see the module source)."},
     {NULL, NULL, 0, NULL},
 };
 
