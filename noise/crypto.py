@@ -117,16 +117,23 @@ def generate_private_key() -> bytes:
     return clamp(secrets.token_bytes(KEY_SIZE))
 
 
-def public_key(private: bytes) -> bytes:
-    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
+def private_key(private: bytes) -> X25519PrivateKey:
+    """The key object of ``private``. Making one costs a scalar multiplication (OpenSSL derives
+    the public key at once), as much as a DH: keep it when the key is used more than once
+    (the static key, an ephemeral's public key and its two DHs)."""
+    return X25519PrivateKey.from_private_bytes(private)
 
 
-def dh(private: bytes, public: bytes) -> bytes:
+def public_key(private: bytes | X25519PrivateKey) -> bytes:
+    key = private if isinstance(private, X25519PrivateKey) else private_key(private)
+    return key.public_key().public_bytes_raw()
+
+
+def dh(private: bytes | X25519PrivateKey, public: bytes) -> bytes:
     """X25519. A low-order public key (all-zero shared secret) raises ``LowOrderPoint``."""
+    key = private if isinstance(private, X25519PrivateKey) else private_key(private)
     try:
-        shared = X25519PrivateKey.from_private_bytes(private).exchange(
-            X25519PublicKey.from_public_bytes(public)
-        )
+        shared = key.exchange(X25519PublicKey.from_public_bytes(public))
     except ValueError:
         raise LowOrderPoint("low-order public key") from None
     if not any(shared):

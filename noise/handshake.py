@@ -27,6 +27,8 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 from noise import crypto, tai64n
 from noise.errors import (
     HandshakeFlood,
@@ -55,13 +57,14 @@ class State(enum.Enum):
 class StaticKeys:
     """The local static key pair. ``repr`` never shows the private half."""
 
-    __slots__ = ("private", "public")
+    __slots__ = ("key", "private", "public")
 
     def __init__(self, private: bytes) -> None:
         if len(private) != crypto.KEY_SIZE:
             raise ValueError("a private key is 32 bytes")
         self.private = crypto.clamp(private)
-        self.public = crypto.public_key(self.private)
+        self.key = crypto.private_key(self.private)  # made once: each costs a DH's time
+        self.public = crypto.public_key(self.key)
 
     def __repr__(self) -> str:
         return "StaticKeys(private=(hidden))"
@@ -99,6 +102,7 @@ class Handshake:
         "last_initiation_consumed",
         "last_timestamp",
         "local_ephemeral",
+        "local_ephemeral_key",
         "local_index",
         "precomputed_static_static",
         "preshared_key",
@@ -116,6 +120,7 @@ class Handshake:
         self.precomputed_static_static: bytes | None = None
         self.state = State.ZEROED
         self.chaining_key = self.hash = self.local_ephemeral = self.remote_ephemeral = b""
+        self.local_ephemeral_key: X25519PrivateKey | None = None  # of local_ephemeral
         self.local_index = self.remote_index = 0
         self.last_timestamp = tai64n.ZERO
         self.last_initiation_consumed: float | None = None
@@ -132,7 +137,7 @@ class Handshake:
         if local is None:
             return
         try:
-            self.precomputed_static_static = crypto.dh(local.private, self.remote_static)
+            self.precomputed_static_static = crypto.dh(local.key, self.remote_static)
         except LowOrderPoint:
             self.precomputed_static_static = None
 
@@ -142,6 +147,7 @@ class Handshake:
         self.chaining_key = b""
         self.hash = b""
         self.local_ephemeral = b""
+        self.local_ephemeral_key = None
         self.remote_ephemeral = b""
         self.local_index = 0
         self.remote_index = 0
@@ -169,10 +175,11 @@ class Handshake:
         ss = self.static_static()
         c = C0
         h = crypto.hash_(H0, self.remote_static)
-        e_pub = crypto.public_key(ephemeral_private)
+        ek = crypto.private_key(ephemeral_private)
+        e_pub = crypto.public_key(ek)
         c = crypto.kdf1(c, e_pub)
         h = crypto.hash_(h, e_pub)
-        c, k = crypto.kdf2(c, crypto.dh(ephemeral_private, self.remote_static))
+        c, k = crypto.kdf2(c, crypto.dh(ek, self.remote_static))
         enc_static = crypto.aead_seal(k, 0, local.public, h)
         h = crypto.hash_(h, enc_static)
         c, k = crypto.kdf2(c, ss)
@@ -182,6 +189,7 @@ class Handshake:
         self.chaining_key = c
         self.hash = h
         self.local_ephemeral = ephemeral_private
+        self.local_ephemeral_key = ek
         self.remote_ephemeral = b""
         self.local_index = sender_index
         self.remote_index = 0
@@ -207,7 +215,7 @@ def consume_initiation(
     e = fields.ephemeral
     c = crypto.kdf1(c, e)
     h = crypto.hash_(h, e)
-    c, k = crypto.kdf2(c, crypto.dh(local.private, e))
+    c, k = crypto.kdf2(c, crypto.dh(local.key, e))
     remote_static = crypto.aead_open(k, 0, fields.encrypted_static, h)
     h = crypto.hash_(h, fields.encrypted_static)
 
@@ -232,6 +240,7 @@ def consume_initiation(
     hs.remote_ephemeral = e
     hs.remote_index = sender_index
     hs.local_ephemeral = b""
+    hs.local_ephemeral_key = None
     hs.last_timestamp = timestamp
     hs.last_initiation_consumed = now
     hs.state = State.INITIATION_CONSUMED
@@ -248,11 +257,12 @@ def create_response(
     if hs.state is not State.INITIATION_CONSUMED:
         raise InvalidState("no consumed initiation to respond to")
     c, h = hs.chaining_key, hs.hash
-    e_pub = crypto.public_key(ephemeral_private)
+    ek = crypto.private_key(ephemeral_private)
+    e_pub = crypto.public_key(ek)
     c = crypto.kdf1(c, e_pub)
     h = crypto.hash_(h, e_pub)
-    c = crypto.kdf1(c, crypto.dh(ephemeral_private, hs.remote_ephemeral))
-    c = crypto.kdf1(c, crypto.dh(ephemeral_private, hs.remote_static))
+    c = crypto.kdf1(c, crypto.dh(ek, hs.remote_ephemeral))
+    c = crypto.kdf1(c, crypto.dh(ek, hs.remote_static))
     c, tau, k = crypto.kdf3(c, hs.preshared_key)
     h = crypto.hash_(h, tau)
     enc_nothing = crypto.aead_seal(k, 0, b"", h)
@@ -276,8 +286,8 @@ def consume_response(
     e = fields.ephemeral
     c = crypto.kdf1(c, e)
     h = crypto.hash_(h, e)
-    c = crypto.kdf1(c, crypto.dh(hs.local_ephemeral, e))
-    c = crypto.kdf1(c, crypto.dh(local.private, e))
+    c = crypto.kdf1(c, crypto.dh(hs.local_ephemeral_key or hs.local_ephemeral, e))
+    c = crypto.kdf1(c, crypto.dh(local.key, e))
     c, tau, k = crypto.kdf3(c, hs.preshared_key)
     h = crypto.hash_(h, tau)
     crypto.aead_open(k, 0, fields.encrypted_nothing, h)
