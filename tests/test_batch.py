@@ -397,3 +397,53 @@ def test_ipv6_segments_and_a_keepalive_last() -> None:
     assert compiled_receive(read, seg, c_replay, src6) == expected
     assert expected[1]["consumed"] == 6 and expected[1]["packets"] == 5
     assert c_replay.last == 75
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    inner=st.lists(st.binary(min_size=0, max_size=120), min_size=1, max_size=12),
+    prefix=st.sampled_from([b"", b"\x45", b"\x60", b"\x45\x00\x00\x28", b"\x46"]),
+    source=st.sampled_from([b"", SRC4, bytes(16)]),
+)
+def test_hostile_inner_packets_from_an_authenticated_peer_never_crash(
+    inner: list[bytes], prefix: bytes, source: bytes
+) -> None:
+    """A peer with the keys can send anything inside: truncated headers, lying lengths, odd
+    options. Opener.receive must answer every run the way the Python path does, and never
+    read or write out of bounds (the sanitiser-free check: it stays within its buffers and
+    the Python reference agrees)."""
+    plains = [prefix + SRC4 * 3 + p if p else p for p in inner]
+    same, seg = _padded([p or b"\0" for p in plains])
+    read = _read(same, list(range(100, 100 + len(same))))
+    ref_replay, c_replay = ReplayFilter(), ReplayFilter()
+    expected = python_receive(read, seg, ref_replay, source)
+    assert compiled_receive(read, seg, c_replay, source) == expected
+    assert c_replay.ring == ref_replay.ring
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    packet=st.binary(min_size=0, max_size=3000),
+    hdr=st.tuples(
+        st.integers(0, 3),
+        st.sampled_from([0, 1, 3, 4, 5, 0x81]),
+        st.integers(0, 0xFFFF),
+        st.integers(0, 0xFFFF),
+        st.integers(0, 0xFFFF),
+        st.integers(0, 0xFFFF),
+    ),
+    mtu=st.sampled_from([0, 60, 1280, 1420, 65535]),
+)
+def test_any_tun_read_is_sealed_or_refused_as_the_segmenter_decides(
+    packet: bytes, hdr: tuple[int, ...], mtu: int
+) -> None:
+    """Whatever header and bytes a TUN read holds, Sealer.seal seals it, refuses it (0) or
+    says there is no room (-1): for a super-packet, exactly when tun.offload refuses it."""
+    src = bytearray(VNET_HDR.pack(*hdr)) + packet
+    out = bytearray(300_000)
+    n, first, last = batch.Sealer(KEY).seal(src, 10, len(packet), True, mtu, 1, 0, out, 0)
+    assert n >= 0
+    if hdr[1] & 0x7F and packet:
+        assert n == Segmenter(vectorised=False).split(bytearray(packet), 0, len(packet), hdr, mtu)
+    if n:
+        assert first >= 32 and last >= 32

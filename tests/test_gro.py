@@ -290,3 +290,23 @@ def test_other_write_errors_keep_coalescing_on() -> None:
         gro.offer(memoryview(bytearray(seg)), 0, len(seg))
     gro.flush()
     assert gro.errors == 1 and not gro.refused
+
+
+def test_tso_reads_are_on_by_default_only_with_the_compiled_part(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from wgpy.io import accel, gro
+
+    for var in ("WGPY_TUN_TSO", "WGPY_TUN_GRO"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(accel, "batch", object())
+    assert gro.tso_wanted()
+    monkeypatch.setenv("WGPY_TUN_TSO", "0")
+    assert not gro.tso_wanted()
+    monkeypatch.setattr(accel, "batch", None)
+    monkeypatch.delenv("WGPY_TUN_TSO")
+    assert not gro.tso_wanted()
+    monkeypatch.setenv("WGPY_TUN_TSO", "1")
+    assert gro.tso_wanted()
+    monkeypatch.setenv("WGPY_TUN_GRO", "0")  # no vnet header: no offloads either
+    assert not gro.tso_wanted()

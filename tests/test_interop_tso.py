@@ -29,7 +29,7 @@ PEERS = {
     "upstream": [UPSTREAM],
 }
 NBYTES = 48 << 20
-WGPY_TSO = ["env", "WGPY_TUN_TSO=1", *IMPLS["wgpy"]]  # opt-in (wgpy.io.gro.tso_wanted)
+WGPY_TSO = ["env", "WGPY_TUN_TSO=1", *IMPLS["wgpy"]]  # on, compiled part or not (gro.tso_wanted)
 
 _SINK = """
 import hashlib, socket, sys
@@ -98,6 +98,27 @@ def test_tcp_with_tso_reads_across_implementations(
             assert stats["tun_tso_reads"] > 0
             assert stats["tun_tso_segments"] >= 2 * stats["tun_tso_reads"]
         assert stats["fastpath_faults"] == 0 and stats["fastpath_off"] == 0
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_the_fast_path_in_python_splits_tso_reads_too(version: int) -> None:
+    """The same without the compiled part (``WGPY_ACCEL=0``): tun.offload's Segmenter cuts
+    and checksums the super-packets and the fast path seals them one by one."""
+    wgpy = ["env", "WGPY_ACCEL=0", *WGPY_TSO]
+    with tb.make_pair(wgpy, PEERS["wireguard-go"]) as p:
+        p.wait_handshake()
+        if version == 4:
+            sent_r, got_r = tcp_transfer(p, 16 << 20, a_to_b=True)
+            sent = [str(sent_r["bytes"]), str(sent_r["sha256"])]
+            got = [str(got_r["bytes"]), str(got_r["sha256"])]
+        else:
+            add_ipv6(p, "fd00:97")
+            sent, got = _transfer_v6(p, a_to_b=True)
+        assert got == sent
+        assert _tcp_checksum_errors(p.ns_b) == 0
+        assert isinstance(p.wg_a, tb.WgInstance)
+        stats = uapi_client.stats_at(p.wg_a.socket_path)
+        assert stats["tun_tso_reads"] > 0 and stats["fastpath_faults"] == 0
 
 
 def test_the_ordinary_path_splits_tso_reads_too() -> None:

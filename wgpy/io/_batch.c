@@ -566,7 +566,8 @@ static PyObject *opener_receive(Cipher *self, PyObject *args) {
         return NULL;
     PyObject *result = NULL;
     Groups G = {.out = out.buf, .cap = out.len};
-    if (start < 0 || end > in.len || start > end || seg < HEADER + TAG || ring.len != RING_BITS ||
+    if (start < 0 || end > in.len || start > end || seg < HEADER + TAG ||
+        seg > HEADER + MAX_PACKET + TAG || ring.len != RING_BITS ||
         out.len < 2 * (end - start) + VNET_HDR_LEN) {
         PyErr_SetString(PyExc_ValueError, "datagram offsets, window or output out of range");
         goto done;

@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 from tun.base import VNET_HDR_LEN, ZERO_VNET_HDR
 from tun.offload import fold, ones_sum
+from wgpy.io import accel
 
 VNET_HDR = struct.Struct("=BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start/offset
 NEEDS_CSUM = 1
@@ -56,11 +57,17 @@ def wanted() -> bool:
 
 def tso_wanted() -> bool:
     """Whether those TUNs also take send offloads (``TUNSETOFFLOAD``, super-packets on reads,
-    :mod:`tun.offload`): only with ``WGPY_TUN_TSO=1`` (and GRO not off). Off by default: in
-    Python the split costs about what the reads it saves cost (TCP CPU per GB unchanged), and
-    with ``TUN_F_CSUM`` every other locally sent TCP/UDP packet needs its checksum computed
-    here (UDP at 500 Mbit/s lost throughput; docs/benchmarks.md, section 9)."""
-    return wanted() and os.environ.get("WGPY_TUN_TSO", "0") == "1"
+    :mod:`tun.offload`): by default where the fast path's compiled part is built (it cuts,
+    checksums and seals a 64 KiB read in one call), not without it (in Python the split costs
+    what the reads it saves cost, and with ``TUN_F_CSUM`` every other locally sent TCP/UDP
+    packet needs its checksum computed here; docs/benchmarks.md, sections 9 and 10).
+    ``WGPY_TUN_TSO=1`` or ``=0`` decides either way; never with GRO off."""
+    if not wanted():
+        return False
+    choice = os.environ.get("WGPY_TUN_TSO")
+    if choice is not None:
+        return choice == "1"
+    return accel.batch is not None
 
 
 class TcpCoalescer:
