@@ -112,7 +112,7 @@ def test_the_fast_path_in_python_splits_tso_reads_too(version: int) -> None:
             sent = [str(sent_r["bytes"]), str(sent_r["sha256"])]
             got = [str(got_r["bytes"]), str(got_r["sha256"])]
         else:
-            add_ipv6(p, "fd00:97")
+            add_ipv6(p, "fd00:98")  # the prefix _transfer_v6 uses
             sent, got = _transfer_v6(p, a_to_b=True)
         assert got == sent
         assert _tcp_checksum_errors(p.ns_b) == 0
