@@ -38,7 +38,9 @@ from wgpy.harness.target import HARNESS_TUNNEL_IPS, Target
 from wgpy.harness.transport import UdpTransport
 
 QUIET = 0.3  # seconds of silence that count as "dropped" (replies on loopback take < 20 ms)
-REPLY = 2.0  # seconds to wait for something that must come
+REPLY = 10.0  # seconds to wait for something that must come (a generous limit: the wait ends
+# when it comes; a User-Mode Linux target on a loaded machine once took more than 2 s to answer
+# an echo after a flood)
 FLOOD_INITIATIONS = 1500  # protocol doc §4.3 [interop]
 KEEPALIVE_TIMEOUT = 10.0
 
