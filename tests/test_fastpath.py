@@ -641,12 +641,8 @@ def test_fast_path_drops_packets_not_for_an_accepted_destination(
     assert b.dev.drops["disallowed_destination"] == 1
 
 
-def test_no_hand_over_in_a_bulk_flow(sides: tuple[Side, Side, Clock]) -> None:
-    """After a wake-up that sealed (opened) more than one packet, the next one does not
-    yield: in a bulk flow each yield only costs. A lone packet yields again."""
-    a, b, clock = sides
-    handshake(a, b)
-    b.drain()
+def count_hand_overs(a: Side, b: Side) -> dict[str, int]:
+    """Replace both sides' hand-over with a counter; the counts, by side ("a", "b")."""
     calls = {"a": 0, "b": 0}
 
     def count(side: str) -> Callable[[], None]:
@@ -656,6 +652,16 @@ def test_no_hand_over_in_a_bulk_flow(sides: tuple[Side, Side, Clock]) -> None:
         return hand_over
 
     a.fast.hand_over, b.fast.hand_over = count("a"), count("b")
+    return calls
+
+
+def test_no_hand_over_in_a_bulk_flow(sides: tuple[Side, Side, Clock]) -> None:
+    """After a wake-up that sealed (opened) more than one packet, the next one does not
+    yield: in a bulk flow each yield only costs. A lone packet yields again."""
+    a, b, clock = sides
+    handshake(a, b)
+    b.drain()
+    calls = count_hand_overs(a, b)
     clock.now += 1.0
     for expected in (1, 1, 1):  # the first of a burst yields, the two after it do not
         a.tun.inject_many(ipv4(A_TUN, B_TUN, bytes([i])) for i in range(4))
@@ -701,15 +707,7 @@ def test_no_hand_over_for_the_answers_to_a_bulk_flow(sides: tuple[Side, Side, Cl
     a, b, clock = sides
     handshake(a, b)
     b.drain()
-    calls = {"a": 0, "b": 0}
-
-    def count(side: str) -> Callable[[], None]:
-        def hand_over() -> None:
-            calls[side] += 1
-
-        return hand_over
-
-    a.fast.hand_over, b.fast.hand_over = count("a"), count("b")
+    calls = count_hand_overs(a, b)
     clock.now += 1.0
     a.tun.inject_many(ipv4(A_TUN, B_TUN, bytes([i]) * 500) for i in range(8))
     assert a.fast.on_tun() is None  # the first of a burst yields

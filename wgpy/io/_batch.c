@@ -338,6 +338,27 @@ done:
     return result;
 }
 
+/* Open the transport datagram d (header, size bytes of ciphertext, tag) into dst: 0, or -1
+ * when the tag does not verify. */
+static int open_one(Cipher *self, const uint8_t *d, Py_ssize_t size, uint8_t *dst) {
+    uint8_t iv[12], tag[TAG];
+    int outl = 0, finl = 0;
+    memcpy(tag, d + HEADER + size, TAG);
+    nonce_of(iv, get_le64(d + 8));
+    if (EVP_CipherInit_ex(self->ctx, NULL, NULL, NULL, iv, 0) == 1 &&
+        (size == 0 || EVP_DecryptUpdate(self->ctx, dst, &outl, d + HEADER, (int)size) == 1) &&
+        EVP_CIPHER_CTX_ctrl(self->ctx, EVP_CTRL_AEAD_SET_TAG, TAG, tag) == 1 &&
+        EVP_DecryptFinal_ex(self->ctx, dst + outl, &finl) == 1)
+        return 0;
+    return -1;
+}
+
+/* Whether d[0:n] is a transport message to `receiver`, long enough for a tag. */
+static int transport_to(const uint8_t *d, Py_ssize_t n, uint32_t receiver) {
+    return n >= HEADER + TAG && d[0] == 4 && !d[1] && !d[2] && !d[3] &&
+           (uint32_t)(d[4] | d[5] << 8 | d[6] << 16 | (uint32_t)d[7] << 24) == receiver;
+}
+
 /* Opener.open(buf, start, end, seg, receiver, out, out_off, stride) -> list of counters
  *
  * Opens the transport datagrams buf[start:end] (each `seg` bytes long, the last one maybe
@@ -368,26 +389,14 @@ static PyObject *opener_open(Cipher *self, PyObject *args) {
     for (Py_ssize_t i = 0, a = start; a < end; i++, a += seg) {
         Py_ssize_t z = a + seg < end ? a + seg : end;
         const uint8_t *d = b + a;
-        if (z - a < HEADER + TAG || d[0] != 4 || d[1] || d[2] || d[3] ||
-            (uint32_t)(d[4] | d[5] << 8 | d[6] << 16 | (uint32_t)d[7] << 24) != receiver)
-            break;
+        if (!transport_to(d, z - a, receiver)) break;
         Py_ssize_t size = z - a - HEADER - TAG;
         if (out_off + i * stride + size > out.len) break;
         uint64_t c = get_le64(d + 8);
-        uint8_t iv[12];
-        int outl = 0, finl = 0;
         uint8_t *dst = (uint8_t *)out.buf + out_off + i * stride;
         memset(dst - out_off, 0, (size_t)out_off); /* another read may have left bytes there */
-        uint8_t tag[TAG];
-        memcpy(tag, b + z - TAG, TAG);
-        nonce_of(iv, c);
         long long counter = -1;
-        if (c <= (uint64_t)LLONG_MAX &&
-            EVP_CipherInit_ex(self->ctx, NULL, NULL, NULL, iv, 0) == 1 &&
-            (size == 0 || EVP_DecryptUpdate(self->ctx, dst, &outl, d + HEADER, (int)size) == 1) &&
-            EVP_CIPHER_CTX_ctrl(self->ctx, EVP_CTRL_AEAD_SET_TAG, TAG, tag) == 1 &&
-            EVP_DecryptFinal_ex(self->ctx, dst + outl, &finl) == 1)
-            counter = (long long)c;
+        if (c <= (uint64_t)LLONG_MAX && open_one(self, d, size, dst) == 0) counter = (long long)c;
         PyObject *v = PyLong_FromLongLong(counter);
         if (v == NULL || PyList_Append(result, v) < 0) {
             Py_XDECREF(v);
@@ -581,19 +590,10 @@ static PyObject *opener_receive(Cipher *self, PyObject *args) {
     for (Py_ssize_t a = start; a < end; a += seg) {
         Py_ssize_t z = a + seg < end ? a + seg : end;
         const uint8_t *d = b + a;
-        if (z - a < HEADER + TAG || d[0] != 4 || d[1] || d[2] || d[3] ||
-            (uint32_t)(d[4] | d[5] << 8 | d[6] << 16 | (uint32_t)d[7] << 24) != receiver)
-            break;
+        if (!transport_to(d, z - a, receiver)) break;
         Py_ssize_t size = z - a - HEADER - TAG;
         uint64_t c = get_le64(d + 8);
-        uint8_t iv[12], tag[TAG];
-        int outl = 0, finl = 0;
-        memcpy(tag, b + z - TAG, TAG);
-        nonce_of(iv, c);
-        if (!(EVP_CipherInit_ex(self->ctx, NULL, NULL, NULL, iv, 0) == 1 &&
-              (size == 0 || EVP_DecryptUpdate(self->ctx, plain, &outl, d + HEADER, (int)size) == 1) &&
-              EVP_CIPHER_CTX_ctrl(self->ctx, EVP_CTRL_AEAD_SET_TAG, TAG, tag) == 1 &&
-              EVP_DecryptFinal_ex(self->ctx, plain + outl, &finl) == 1)) {
+        if (open_one(self, d, size, plain) < 0) {
             failed++;
             consumed++;
             continue;

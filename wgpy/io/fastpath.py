@@ -670,7 +670,9 @@ class FastPath:
                     length = inner_length(peer, pkt, q, size)
                     if length < 0:
                         continue
-                    if sources is not None:  # allowed: C may take this source's packets
+                    if sources is not None and (start == tried_at or peer not in sources):
+                        # allowed: C may take this source's packets (recorded when C stopped
+                        # here, or for a peer without one: no allocation per packet)
                         v4 = pkt[q] >> 4 == 4
                         sources[peer] = bytes(pkt[q + 12 : q + 16] if v4 else pkt[q + 8 : q + 24])
                     totals[1] += 1
