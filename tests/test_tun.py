@@ -470,6 +470,43 @@ def test_netlink_errors(netns: str) -> None:
         pass
 
 
+def _ns_inode(path: str) -> int:
+    return os.stat(path).st_ino
+
+
+@linux
+def test_in_netns_from_two_threads_at_once_returns_each_to_its_own(netns: str) -> None:
+    """Each thread comes back to the namespace it left, however the blocks interleave.
+
+    pyroute2's pushns saves ``/proc/self/ns/net`` (the *main* thread's namespace) on one stack
+    shared by all threads: a sampler thread entering while the main thread was inside popped
+    the main thread back into the node's namespace, where that namespace's cleanup (``ip netns
+    pids``) then SIGKILLed the test run itself.
+    """
+    from tun import netlink
+
+    home = _ns_inode("/proc/thread-self/ns/net")
+    inside = _ns_inode(f"/run/netns/{netns}")
+    wrong: list[str] = []
+
+    def loop(who: str) -> None:
+        for i in range(300):
+            with netlink.in_netns(netns):
+                if _ns_inode("/proc/thread-self/ns/net") != inside:
+                    wrong.append(f"{who} {i}: not inside")
+            if _ns_inode("/proc/thread-self/ns/net") != home:
+                wrong.append(f"{who} {i}: not back home")
+                return
+
+    t = threading.Thread(target=loop, args=("thread",))
+    t.start()
+    loop("main")
+    t.join(30)
+    assert not t.is_alive()
+    assert wrong == []
+    assert _ns_inode("/proc/self/ns/net") == home
+
+
 @linux
 def test_netlink_veth_between_namespaces(netns: str) -> None:
     from tun import netlink

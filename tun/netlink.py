@@ -8,8 +8,10 @@ configuration-time operations, not a hot path, and it keeps the functions statel
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import ipaddress
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -27,6 +29,8 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _IFF_UP = 0x1
 RT_TABLE_MAIN = 254
 _AF = {4: socket.AF_INET.value, 6: socket.AF_INET6.value}
+CLONE_NEWNET = 0x40000000
+NETNS_DIR = "/run/netns"
 
 
 @contextlib.contextmanager
@@ -72,20 +76,44 @@ def netns_list() -> list[str]:
     return list(_netns.listnetns())
 
 
+def setns(path: str) -> None:
+    """Switch the *calling thread* into the network namespace at ``path`` (a file under
+    ``/run/netns`` or ``/proc/.../ns/net``). Other threads stay where they are."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        _setns_fd(fd, path)
+    finally:
+        os.close(fd)
+
+
+def _setns_fd(fd: int, what: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns({what}): {os.strerror(err)}")
+
+
 @contextlib.contextmanager
 def in_netns(name: str) -> Iterator[None]:
-    """Run the block with the *calling thread* switched into namespace ``name``.
+    """Run the block with the *calling thread* switched into namespace ``name``, then back.
 
     Sockets and TUN devices created inside the block stay in that namespace after it ends,
     which is how a test opens a TUN and a UDP socket "inside" a namespace from one process.
+    Safe from several threads at once: each saves its own namespace
+    (``/proc/thread-self``), where pyroute2's ``pushns`` saves the main thread's on a stack
+    all threads share.
     """
     if name not in _netns.listnetns():
         raise TunError(f"no network namespace {name}")
-    _netns.pushns(name)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
-        yield
+        setns(os.path.join(NETNS_DIR, name))
+        try:
+            yield
+        finally:
+            _setns_fd(home, "the thread's own namespace")
     finally:
-        _netns.popns()
+        os.close(home)
 
 
 # --- links -------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
 import secrets
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import IO, Any, Self, TypeVar
 
+from tun.netlink import NETNS_DIR, setns
 from wgpy.testbed.proc import (
     NS_PREFIX,
     _register,
@@ -25,20 +25,7 @@ from wgpy.testbed.proc import (
     run,
 )
 
-CLONE_NEWNET = 0x40000000
-NETNS_DIR = "/run/netns"
 T = TypeVar("T")
-
-
-def _setns(path: str) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({path}): {os.strerror(err)}")
-    finally:
-        os.close(fd)
 
 
 def run_in_netns(netns: str, make: Callable[[], T]) -> T:
@@ -55,7 +42,7 @@ def run_in_netns(netns: str, make: Callable[[], T]) -> T:
 
     def worker() -> None:
         try:
-            _setns(path)
+            setns(path)
             result.append(make())
         except BaseException as e:  # handed to the caller's thread below
             error.append(e)
