@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from typing import Any
 
 from kubernetes.aio import client as _aclient
@@ -136,11 +134,16 @@ def fetch(url: str) -> tuple[int, str, str]:
         return e.code, e.headers.get("Content-Type", ""), e.read().decode()
 
 
-def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
-    out: list[Any] = []
-    t = threading.Thread(target=lambda: out.append(fn()))
-    t.start()
-    return t, out
+async def raw_get(port: int, path: str) -> tuple[int, str]:
+    """GET ``path`` from 127.0.0.1:``port`` on the running loop; the status and the body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+        data = await reader.read()  # to EOF: the server closes after its answer
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode()
 
 
 def test_http_probes_metrics_stuck_loop_and_failing_status() -> None:
@@ -183,18 +186,20 @@ def test_http_probes_metrics_stuck_loop_and_failing_status() -> None:
             state["raise"] = False
             # The supervisor loop is stuck (a blocking call) until the probe has answered:
             # the probe answers 503 at its 0.5 s deadline instead of hanging. That server's
-            # own loop runs on virtual time, so the deadline passes without a real wait.
+            # own loop runs on virtual time, so the deadline passes without a real wait. The
+            # client runs on that same loop: from another thread, a client slow to send its
+            # request after connecting (a loaded machine) let the idle loop jump to aiohttp's
+            # keep-alive timer, which closed the connection unanswered.
             stuck = HttpServer(status, loop=asyncio.get_running_loop(), host="127.0.0.1",
                                port=0, deadline=0.5, loop_factory=VirtualTimeLoop)
-            answered = threading.Event()
-            t, out = in_thread(lambda: (fetch(f"http://127.0.0.1:{stuck.start()}/healthz"),
-                                        answered.set()))
+            port = stuck.start()
+            assert stuck._server_loop is not None
+            answer = asyncio.run_coroutine_threadsafe(raw_get(port, "/healthz"),
+                                                      stuck._server_loop)
             try:
-                assert answered.wait(30)  # deliberately blocking the loop until the answer
+                code, body = answer.result(30)  # deliberately blocking the loop meanwhile
             finally:
-                t.join(30)
                 stuck.stop()
-            code, _, body = out[0][0]
             assert (code, body) == (503, "event loop unresponsive for 0.5s\n")
             assert (await get("/healthz"))[0] == 200
             # a data-plane fault: still alive (200), but the probe and the metrics say so
