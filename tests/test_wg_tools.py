@@ -161,7 +161,7 @@ def test_sigterm_removes_interface_and_socket(ns: tb.Namespace) -> None:
         assert ns.run(["ip", "link", "show", "wg0"], check=False).returncode == 0
         sock = w.socket_path
         os.kill(w.pid, signal.SIGTERM)
-        assert w.proc is not None and w.proc.wait(timeout=10) == 0
+        assert w.proc is not None and w.proc.wait(timeout=10) == 0, w.output()
         assert ns.run(["ip", "link", "show", "wg0"], check=False).returncode != 0
         assert not os.path.exists(sock)
     finally:
@@ -175,8 +175,8 @@ def test_exits_when_interface_or_socket_goes(ns: tb.Namespace, how: str) -> None
         if how == "ip link del":
             ns.ip("link", "del", "wg0")
         else:
-            os.unlink(w.socket_path)
-        assert w.proc is not None and w.proc.wait(timeout=10) == 0
+            os.unlink(w.socket_path)  # as soon as it exists: the device may not be running yet
+        assert w.proc is not None and w.proc.wait(timeout=10) == 0, w.output()
     finally:
         w.stop()
 

@@ -12,6 +12,7 @@ import os
 import socket
 import stat
 from collections.abc import Callable
+from typing import NamedTuple
 
 from wgpy.core import uapi
 from wgpy.core.errors import UapiError, WgpyError
@@ -30,7 +31,17 @@ def socket_path(ifname: str, directory: str = SOCKET_DIR) -> str:
     return os.path.join(directory, f"{ifname}.sock")
 
 
-def listen(path: str) -> socket.socket:
+class Listener(NamedTuple):
+    """A bound, listening UAPI socket and the inode of its file, taken right after ``bind``
+    (``None``: the file was already gone). The server compares the file with this inode to
+    see when it is deleted or replaced (then the device exits, as wireguard-go does)."""
+
+    sock: socket.socket
+    path: str
+    inode: int | None
+
+
+def listen(path: str) -> Listener:
     """Create the listening socket, root-only (umask 077), replacing a stale one.
 
     Raises ``SocketInUse`` when a live process already answers on ``path``.
@@ -56,9 +67,14 @@ def listen(path: str) -> socket.socket:
         sock.bind(path)
     finally:
         os.umask(old)
+    # At once: whoever waits for the file (a script, the testbed) may remove it any time now
+    try:
+        inode: int | None = os.stat(path).st_ino
+    except FileNotFoundError:
+        inode = None  # removed already: the device's first check ends it, like a later removal
     sock.listen(16)
     sock.setblocking(False)
-    return sock
+    return Listener(sock, path, inode)
 
 
 class Connection:
@@ -72,17 +88,16 @@ class UapiServer:
 
     def __init__(
         self,
-        listener: socket.socket,
-        path: str,
+        listener: Listener,
         *,
         get: Callable[[], str],
         set_: Callable[[uapi.SetRequest], None],
         on_close: Callable[[socket.socket], None] | None = None,
         stats: Callable[[], dict[str, int]] | None = None,
     ) -> None:
-        self.listener = listener
-        self.path = path
-        self.inode = os.stat(path).st_ino
+        self.listener = listener.sock
+        self.path = listener.path
+        self.inode = listener.inode
         self._get = get
         self._set = set_
         self.connections: dict[int, Connection] = {}
@@ -96,7 +111,7 @@ class UapiServer:
             st = os.stat(self.path)
         except FileNotFoundError:
             return False
-        return st.st_ino == self.inode and stat.S_ISSOCK(st.st_mode)
+        return self.inode is not None and st.st_ino == self.inode and stat.S_ISSOCK(st.st_mode)
 
     def accept(self) -> list[socket.socket]:
         """Accept pending connections; returns the new sockets to watch for reading."""

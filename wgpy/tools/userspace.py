@@ -141,9 +141,7 @@ def run(ifname: str, *, foreground: bool, socket_dir: str = SOCKET_DIR) -> int:
             counters.update(r.io_counters())
             return counters
 
-        return UapiServer(
-            listener, path, get=r.uapi_get, set_=r.uapi_set, on_close=forget, stats=stats
-        )
+        return UapiServer(listener, get=r.uapi_get, set_=r.uapi_set, on_close=forget, stats=stats)
 
     runner = DeviceRunner(
         device, tun, uapi_server_factory=factory, link_alive=lambda: interface_exists(ifname)
