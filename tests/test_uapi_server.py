@@ -1,8 +1,9 @@
 """The UAPI socket file's life: whose it is, and what its removal does to the device.
 
-Whoever starts a device may watch for ``IFACE.sock`` and delete it as soon as it appears:
-``wg-quick down`` does, and the testbed's tests do. A device whose file goes away exits
-cleanly (``UAPI socket file removed``), whenever that happens, even before its loop runs.
+The file can be deleted at any moment after it appears: ``wg-quick down`` removes it (right
+after ``up``, in a script), and the testbed's tests delete it as soon as it exists. A device
+whose file goes away exits cleanly (``UAPI socket file removed``), whenever that happens, even
+before its loop runs.
 """
 
 from __future__ import annotations
