@@ -6,9 +6,11 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +30,25 @@ interop = [pytest.mark.interop, needs_root]
 WGPY = [sys.executable, "-m", "wgpy.tools.userspace"]
 WIREGUARD_GO = ["wireguard-go"]
 IMPLS = {"wgpy": WGPY, "wireguard-go": WIREGUARD_GO}
+
+
+@contextmanager
+def refused_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> Iterator[int]:
+    """A port on ``host`` that refuses for as long as the block runs: TCP answers a connect
+    with RST, UDP answers a datagram with ICMP port unreachable.
+
+    The port stays taken, so nothing else gets it meanwhile: not a server binding port 0 later
+    in the test, and not a client's own source port (a TCP client would connect to itself).
+    Binding a port and closing it at once leaves it free for either. The TCP holder does not
+    listen; the UDP holder is connected to its own address, so datagrams from anyone else
+    find no socket.
+    """
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        if kind == socket.SOCK_DGRAM:
+            s.connect((host, port))
+        yield port
 
 
 def run_async(coro: Callable[[], Awaitable[None]], timeout: float) -> None:

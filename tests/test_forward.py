@@ -11,7 +11,7 @@ from typing import cast
 
 import pytest
 
-from tests.support import run_async
+from tests.support import refused_port, run_async
 from wgpy.supervisor.forward import TcpForwarder, UdpForwarder, make_forwarder
 from wgpy.supervisor.model import Target
 from wgpy.testbed import wait_until
@@ -137,43 +137,37 @@ def test_tcp_random_strategy_reaches_both_targets() -> None:
     run(main)
 
 
-def _dead_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port: int = s.getsockname()[1]
-    s.close()  # nothing listens there now: connect gets RST
-    return port
-
-
 def test_tcp_tries_next_target_when_connect_fails() -> None:
     async def main() -> None:
-        async with tcp_server("b") as tb:
-            dead = Target("127.0.0.1", _dead_port())
-            fwd = TcpForwarder(VIP, 0, [dead, tb])
-            await fwd.start()
-            try:
-                answers = [await tcp_request(fwd.bound_port) for _ in range(2)]
-            finally:
-                await fwd.close()
-            assert answers == ["b:hi", "b:hi"]
-            assert fwd.stats.errors == 1  # the first connection tried the dead target first
+        with refused_port() as port:
+            async with tcp_server("b") as tb:
+                dead = Target("127.0.0.1", port)
+                fwd = TcpForwarder(VIP, 0, [dead, tb])
+                await fwd.start()
+                try:
+                    answers = [await tcp_request(fwd.bound_port) for _ in range(2)]
+                finally:
+                    await fwd.close()
+        assert answers == ["b:hi", "b:hi"]
+        assert fwd.stats.errors == 1  # the first connection tried the dead target first
 
     run(main)
 
 
 def test_tcp_without_reachable_target_resets_client() -> None:
     async def main() -> None:
-        for targets in ([], [Target("127.0.0.1", _dead_port())]):
-            fwd = TcpForwarder(VIP, 0, targets)
-            await fwd.start()
-            try:
-                r, w = await asyncio.open_connection(VIP, fwd.bound_port)
-                with contextlib.suppress(ConnectionError):
-                    assert await asyncio.wait_for(r.read(), 3) == b""
-                w.close()
-            finally:
-                await fwd.close()
-            assert fwd.stats.errors == 1
+        with refused_port() as port:
+            for targets in ([], [Target("127.0.0.1", port)]):
+                fwd = TcpForwarder(VIP, 0, targets)
+                await fwd.start()
+                try:
+                    r, w = await asyncio.open_connection(VIP, fwd.bound_port)
+                    with contextlib.suppress(ConnectionError):
+                        assert await asyncio.wait_for(r.read(), 3) == b""
+                    w.close()
+                finally:
+                    await fwd.close()
+                assert fwd.stats.errors == 1
 
     run(main)
 
@@ -350,20 +344,21 @@ def test_udp_update_targets_moves_flows_off_removed_target() -> None:
 
 def test_udp_unreachable_target_drops_flow_and_next_uses_other_target() -> None:
     async def main() -> None:
-        async with udp_server("b") as (tb, _eb):
-            dead = Target("127.0.0.1", _dead_port())
-            fwd = UdpForwarder(VIP, 0, [dead, tb])
-            await fwd.start()
-            c, p = await udp_client()
-            try:
-                c.sendto(b"1", (VIP, fwd.bound_port))  # goes to the dead target: ICMP
-                await wait_until(lambda: fwd.stats.errors > 0)
-                assert fwd.stats.errors == 1
-                assert fwd.flows == {}
-                assert await udp_ask(c, p, fwd.bound_port, b"2") == b"b:2"
-            finally:
-                c.close()
-                await fwd.close()
+        with refused_port(kind=socket.SOCK_DGRAM) as port:
+            async with udp_server("b") as (tb, _eb):
+                dead = Target("127.0.0.1", port)
+                fwd = UdpForwarder(VIP, 0, [dead, tb])
+                await fwd.start()
+                c, p = await udp_client()
+                try:
+                    c.sendto(b"1", (VIP, fwd.bound_port))  # goes to the dead target: ICMP
+                    await wait_until(lambda: fwd.stats.errors > 0)
+                    assert fwd.stats.errors == 1
+                    assert fwd.flows == {}
+                    assert await udp_ask(c, p, fwd.bound_port, b"2") == b"b:2"
+                finally:
+                    c.close()
+                    await fwd.close()
 
     run(main)
 

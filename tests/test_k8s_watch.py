@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from kubernetes.aio import client as _aclient
 
 from tests.fakeapi import FakeApiServer
+from tests.support import refused_port
 from tests.vtime import advance, run_virtual
 from wgpy.supervisor.watch import Backoff, Change, Reflector
 from wgpy.testbed import wait_until
@@ -196,15 +196,14 @@ def test_api_outage_503_backs_off_and_recovers_once() -> None:
 
 def test_connection_refused_keeps_retrying_without_raising() -> None:
     async def main() -> None:
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        s.close()                      # nothing listens there now
-        async with FakeApiServer() as srv:
-            rec = Recorder()
-            async with reflect(srv, rec, url=f"http://127.0.0.1:{port}") as r:
-                await wait_until(lambda: r.errors >= 3)
-                assert not r.synced.is_set() and rec.changes == []
+        with refused_port() as port:   # bound, nothing listens: every connect gets RST
+            async with FakeApiServer() as srv:
+                rec = Recorder()
+                async with reflect(srv, rec, url=f"http://127.0.0.1:{port}") as r:
+                    await wait_until(lambda: r.errors >= 3, what=lambda: (
+                        f"3 errors; {r.errors} errors, {r.lists} lists, synced "
+                        f"{r.synced.is_set()}, fake API at {srv.url}, refused port {port}"))
+                    assert not r.synced.is_set() and rec.changes == []
     run(main)
 
 
