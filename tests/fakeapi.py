@@ -311,15 +311,15 @@ class FakeApiServer:
     def start_in_thread(self) -> str:
         """Run the server on its own loop in a daemon thread; return the base URL."""
         ready = threading.Event()
-        loop = asyncio.new_event_loop()
 
         def run() -> None:
-            asyncio.set_event_loop(loop)
-            loop.run_until_complete(self.start())
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self.aclose())
-            loop.close()
+            # The Runner's close cancels and finishes what aiohttp's shutdown left pending
+            # (a watch handler it only asked to cancel) before the loop closes.
+            with asyncio.Runner() as runner:
+                runner.run(self.start())
+                ready.set()
+                runner.get_loop().run_forever()
+                runner.run(self.aclose())
 
         self._thread = threading.Thread(target=run, name="fakeapi", daemon=True)
         self._thread.start()

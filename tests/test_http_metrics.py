@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
+import threading
 import urllib.error
 import urllib.request
 from typing import Any
@@ -221,6 +223,39 @@ def test_http_probes_metrics_stuck_loop_and_failing_status() -> None:
         finally:
             srv.stop()
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_stop_with_a_probe_in_flight_leaves_no_task_pending() -> None:
+    """The supervisor's loop is stuck inside ``status()`` while a probe waits for it, and the
+    server stops meanwhile (the pod shutting down). aiohttp's shutdown only asks the waiting
+    handler to cancel; the server's loop must let it finish before closing, or the handler's
+    tasks are destroyed pending ("Task was destroyed but it is pending!")."""
+    entered, release = threading.Event(), threading.Event()
+
+    def status() -> SupervisorStatus:
+        entered.set()
+        release.wait(30)
+        return sample_status()
+
+    sup_loop = asyncio.new_event_loop()
+    sup = threading.Thread(target=sup_loop.run_forever, name="supervisor-loop")
+    sup.start()
+    srv = HttpServer(status, loop=sup_loop, host="127.0.0.1", port=0, deadline=30.0)
+    port = srv.start()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+            c.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert entered.wait(30), "the probe never reached status()"
+            srv.stop()
+            server_loop = srv._server_loop
+            assert server_loop is not None and server_loop.is_closed()
+            assert asyncio.all_tasks(server_loop) == set()
+            assert c.recv(100) == b""  # closed unanswered: the server went away
+    finally:
+        release.set()
+        sup_loop.call_soon_threadsafe(sup_loop.stop)
+        sup.join(30)
+        sup_loop.close()
 
 
 # -- Events ------------------------------------------------------------------------------------

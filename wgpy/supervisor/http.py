@@ -61,23 +61,23 @@ class HttpServer:
         """Start the server thread; returns the bound port (useful with ``port=0``)."""
         ready = threading.Event()
         errors: list[BaseException] = []
-        loop = self._loop_factory()
-        self._server_loop = loop
 
         def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self._serve())
-            except BaseException as e:  # reported to start()
-                errors.append(e)
+            # The Runner's close cancels whatever is still pending and lets it finish before
+            # the loop closes: stopping with a probe in flight (its handler waiting on a stuck
+            # supervisor loop) outlasts aiohttp's shutdown, which only asks it to cancel.
+            with asyncio.Runner(loop_factory=self._loop_factory) as runner:
+                loop = self._server_loop = runner.get_loop()
+                try:
+                    runner.run(self._serve())
+                except BaseException as e:  # reported to start()
+                    errors.append(e)
+                    ready.set()
+                    return
                 ready.set()
-                loop.close()
-                return
-            ready.set()
-            loop.run_forever()
-            if self._runner is not None:
-                loop.run_until_complete(self._runner.cleanup())
-            loop.close()
+                loop.run_forever()
+                if self._runner is not None:
+                    runner.run(self._runner.cleanup())
 
         self._thread = threading.Thread(target=run, name="wgpy-http", daemon=True)
         self._thread.start()
